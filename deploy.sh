@@ -22,7 +22,8 @@ die() { echo "deploy.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages and services)"
 
 install_salt() {
-    if "$venv/bin/salt-call" --version 2>/dev/null | grep -q "salt-call $SALT_VERSION "; then
+    if "$venv/bin/salt-call" --version 2>/dev/null | grep -q "salt-call $SALT_VERSION " &&
+        "$venv/bin/python" -c "import argon2" 2>/dev/null; then
         return
     fi
     # pip builds Salt's dependency timelib from source: a C compiler and Python headers.
@@ -65,6 +66,8 @@ file_roots:
 pillar_roots:
   base:
     - $etc/pillar
+# one cache per config dir, so that deployments with separate configs never share one
+cachedir: /var/cache/jupyter-formula/$(echo "$etc" | tr / _)
 state_verbose: False
 EOF
     printf "base:\n  '*':\n    - jupyter\n" > "$etc/pillar/top.sls"

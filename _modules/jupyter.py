@@ -43,7 +43,7 @@ if req["op"] == "hash":
 else:
     try:
         out = argon2.PasswordHasher().verify(req["hashed"], req["password"])
-    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHash):
+    except (argon2.exceptions.Argon2Error, ValueError):  # wrong password, malformed hash
         out = False
 json.dump(out, sys.stdout)
 """
@@ -81,7 +81,7 @@ def _formula_yaml(name, saltenv):
     return salt.utils.yaml.safe_load(text) or {}
 
 
-def settings(pillar=None, saltenv=None, os_family=None):
+def settings(pillar=None, saltenv=None, os_family=None, require_password=True):
     """
     Return the formula's settings for this minion: ``jupyter/defaults.yaml``, the
     os-family values of ``jupyter/osfamilymap.yaml`` and pillar ``jupyter`` merged (in
@@ -96,6 +96,9 @@ def settings(pillar=None, saltenv=None, os_family=None):
 
     os_family
         Use this os family instead of the minion's ``os_family`` grain.
+
+    require_password
+        False accepts a pillar without password (what ``jupyter.clean`` needs).
 
     CLI Example:
 
@@ -120,7 +123,7 @@ def settings(pillar=None, saltenv=None, os_family=None):
     merged = copy.deepcopy(_formula_yaml("defaults.yaml", saltenv)["jupyter"])
     merged = salt.utils.dictupdate.merge(merged, copy.deepcopy(osmap[os_family]))
     merged = salt.utils.dictupdate.merge(merged, copy.deepcopy(pillar))
-    checked = __salt__["jupyter_pillar.validate"](merged)
+    checked = __salt__["jupyter_pillar.validate"](merged, require_password=require_password)
     errors, result = checked["errors"], checked["settings"]
     if errors:
         raise SaltInvocationError(
@@ -232,7 +235,7 @@ def check_password(hashed, password, python=None):
 
             try:
                 return argon2.PasswordHasher().verify(hashed[7:], password)
-            except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHash):
+            except (argon2.exceptions.Argon2Error, ValueError):  # wrong password, malformed hash
                 return False
         return bool(
             _argon2_in(

@@ -325,11 +325,11 @@ def _walk(schema, value, path, errors):
     return out
 
 
-def _cross_checks(data, errors):
+def _cross_checks(data, errors, require_password):
     """Rules that tie several keys together."""
     if data.get("user") == "root":
         errors.append(f"{PREFIX}:user: the server must not run as root; name an unprivileged user")
-    if not data.get("password") and not data.get("hashed_password"):
+    if require_password and not data.get("password") and not data.get("hashed_password"):
         errors.append(f"{PREFIX}:password: set jupyter:password or jupyter:hashed_password")
     if data.get("password") and data.get("hashed_password"):
         errors.append(
@@ -369,7 +369,7 @@ def _fill_derived(data):
     data["jupyter_bin"] = posixpath.join(data["venv"], "bin", f"jupyter-{data['app']}")
 
 
-def validate(data):
+def validate(data, require_password=True):
     """
     Validate a merged ``jupyter`` settings mapping (defaults, os-family map and pillar
     merged, as ``jupyter.settings`` makes it). Returns ``{"settings": ..., "errors":
@@ -387,7 +387,7 @@ def validate(data):
         data["nginx"]["tls"] = {**TLS_DEFAULTS, **data["nginx"]["tls"]}
     checked = _walk(SCHEMA, data, PREFIX, errors)
     if not errors:
-        _cross_checks(checked, errors)
+        _cross_checks(checked, errors, require_password)
     if not errors:
         _fill_derived(checked)
     return {"settings": checked, "errors": errors}
