@@ -63,5 +63,5 @@ def mod_watch(name, sfun=None, enable=True, reload=False, **kwargs):
     if not __salt__[f"service.{verb}"](name):
         ret.update(result=False, comment=f"{verb} of {name} failed (init script)")
         return ret
-    ret.update(changes={name: f"{verb}ed" if reload else "restarted"}, comment=f"{name}: {verb}")
+    ret.update(changes={name: f"{verb}ed"}, comment=f"{name}: {verb}ed (init script)")
     return ret
