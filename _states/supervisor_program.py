@@ -1,0 +1,425 @@
+"""
+Keep a supervisord program running, stopped or gone, touching that program
+only: never ``supervisorctl restart all``, never a restart of supervisord.
+
+Uses the ``supervisor_rpc`` execution module (supervisord's XML-RPC API over
+its unix socket). ``name`` is the program's group name, as in
+``[program:NAME]`` (or ``[group:NAME]``).
+
+.. code-block:: yaml
+
+    jupyter-supervisor-program-running:
+      supervisor_program.running:
+        - name: jupyter
+        - timeout: 60
+        - watch:
+          - file: jupyter-config-file
+
+What happens in one run is recorded in ``__context__``, so that a program that
+was already (re)started after the change a watcher reacts to is not restarted a
+second time by ``mod_watch``.
+"""
+
+import os
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "supervisor_program"
+
+_CONTEXT_KEY = "supervisor_program.acted"
+
+
+def __virtual__():
+    if "supervisor_rpc.status" in __salt__:
+        return __virtualname__
+    return (False, "supervisor_program: the supervisor_rpc module is not loaded")
+
+
+def _rpc(fun, *args, **kwargs):
+    return __salt__["supervisor_rpc." + fun](*args, **kwargs)
+
+
+def _ret(name):
+    return {"name": name, "changes": {}, "result": True, "comment": ""}
+
+
+def _group(name):
+    return str(name).strip().partition(":")[0]
+
+
+def _test():
+    return bool(__opts__.get("test"))
+
+
+def _pids(status):
+    return {proc: info["pid"] for proc, info in sorted(status.items())}
+
+
+def _pending(diff, group):
+    """What an update would do to this group: added, changed, removed or None."""
+    for action in ("added", "changed", "removed"):
+        if group in diff.get(action, ()):
+            return action
+    return None
+
+
+def _status_or_none(name, socket):
+    """
+    status(name), or None when supervisord runs no such program (same
+    selection rule as supervisor_rpc: GROUP, GROUP:, GROUP:* or GROUP:PROC).
+    """
+    group, _, proc = str(name).strip().partition(":")
+    proc = None if proc in ("", "*") else proc
+    found = {
+        spec: info
+        for spec, info in _rpc("status", socket=socket).items()
+        if info["group"] == group and proc in (None, info["name"])
+    }
+    return found or None
+
+
+# --- what happened in this run ----------------------------------------------
+# Salt runs states in order and numbers them (__run_num__ in __running__). An
+# action is stamped with the highest number finished when it happened: a
+# watched state numbered at most that changed before the action, so the action
+# already covers it.
+
+
+def _run_id():
+    return globals().get("__instance_id__")
+
+
+def _last_run_num():
+    """Highest __run_num__ finished so far; None outside Salt's state run."""
+    running = globals().get("__running__")
+    if running is None:
+        return None
+    # Salt passes frozen (immutable) mappings, not dicts
+    return max((r.get("__run_num__", -1) for r in running.values()), default=-1)
+
+
+def _remember(group, action):
+    acted = __context__.setdefault(_CONTEXT_KEY, {})
+    acted[group] = {"action": action, "after": _last_run_num(), "run": _run_id()}
+
+
+def _covering_action(group):
+    """
+    The action of this run that already (re)started ``group`` after every
+    change this watcher reacts to, or None when a restart is still due.
+    """
+    acted = (__context__.get(_CONTEXT_KEY) or {}).get(group)
+    if not acted or acted.get("run") != _run_id():
+        return None
+    low = globals().get("__low__") or {}
+    running = globals().get("__running__") or {}
+    if acted.get("after") is None:
+        return acted
+    for req_type, chunks in (low.get("__reqs__") or {}).items():
+        if not str(getattr(req_type, "value", req_type)).startswith("watch"):
+            continue
+        for chunk in chunks:
+            tag = "{0[state]}_|-{0[__id__]}_|-{0[name]}_|-{0[fun]}".format(chunk)
+            ran = running.get(tag) or {}
+            if ran.get("changes") and ran.get("__run_num__", -1) > acted["after"]:
+                return None
+    return acted
+
+
+# --- states -----------------------------------------------------------------
+
+
+def running(name, socket=None, timeout=60):
+    """
+    Make sure the program runs with the configuration supervisord reads now.
+
+    First a reread: if this program's group was added, changed or removed
+    in the files, only that group is updated (a changed program restarts, its
+    neighbours keep their pids). Then, if it is not RUNNING, it is started and
+    the state waits until it has stayed up for its ``startsecs``. A program
+    that ends FATAL or BACKOFF fails the state, with the tail of its stderr
+    log in the comment.
+
+    name
+        The program (group) name, as in ``[program:NAME]``.
+
+    socket
+        supervisord's unix socket (default: see ``supervisor_rpc``).
+
+    timeout
+        Seconds to wait for each stop or start.
+    """
+    ret = _ret(name)
+    group = _group(name)
+    before = {}
+    try:
+        pending = _pending(_rpc("reread", socket=socket), group)
+        if pending == "removed":
+            ret["result"] = False
+            ret["comment"] = (
+                "{} is no longer in supervisord's configuration files (an update "
+                "would remove it): nothing to keep running. Write its program "
+                "file, or use supervisor_program.absent.".format(group)
+            )
+            return ret
+        before = _status_or_none(name, socket)
+        if before is None and pending != "added":
+            if _test():
+                ret["result"] = None
+                ret["comment"] = (
+                    "{} is not known to supervisord yet; it would be added and "
+                    "started once its program file is in place".format(name)
+                )
+                return ret
+            ret["result"] = False
+            ret["comment"] = (
+                "supervisord has no program or group named '{}' and none in "
+                "its configuration files".format(name)
+            )
+            return ret
+        before = before or {}
+        if _test():
+            _predict_running(ret, name, group, pending, before)
+            if ret["changes"]:
+                _remember(group, "updated" if pending else "started")
+            return ret
+
+        if pending:
+            _rpc("update", group, socket=socket, timeout=timeout)
+            ret["changes"]["updated"] = pending
+        current = _rpc("status", name, socket=socket)
+        not_running = sorted(p for p, i in current.items() if i["state"] != "RUNNING")
+        if not_running:
+            _rpc("start", name, timeout=timeout, socket=socket)
+            ret["changes"]["started"] = not_running
+    except CommandExecutionError as exc:
+        comment = str(exc)
+        if ret["changes"].get("updated"):
+            comment = "{} group {}, then: {}".format(ret["changes"]["updated"], group, exc)
+        return _failed(ret, comment, name, socket, before)
+
+    _add_pids(ret, name, socket, before)
+    if ret["changes"]:
+        _remember(group, "updated" if pending else "started")
+        ret["comment"] = _running_comment(name, group, pending, ret["changes"])
+    else:
+        ret["comment"] = "{} is already running and up to date".format(name)
+    return ret
+
+
+def _running_comment(name, group, pending, changes):
+    parts = []
+    if pending == "added":
+        parts.append("added group {} to supervisord".format(group))
+    elif pending == "changed":
+        parts.append("updated group {} (its configuration changed)".format(group))
+    if changes.get("started"):
+        parts.append("started {}".format(", ".join(changes["started"])))
+    return "{}: {}; now RUNNING".format(name, ", ".join(parts))
+
+
+def _predict_running(ret, name, group, pending, before):
+    ret["result"] = None
+    not_running = sorted(p for p, i in before.items() if i["state"] != "RUNNING")
+    if pending == "added":
+        ret["changes"] = {"updated": "added", "started": [name]}
+        ret["comment"] = "group {} would be added to supervisord and {} started".format(
+            group, name
+        )
+    elif pending == "changed":
+        ret["changes"] = {"updated": "changed", "started": sorted(before)}
+        ret["comment"] = (
+            "group {} would be updated (its configuration changed): stopped, "
+            "removed, added again and started; pids {} would change".format(
+                group, _pids(before)
+            )
+        )
+    elif not_running:
+        ret["changes"] = {"started": not_running}
+        ret["comment"] = "{} would be started (now {})".format(
+            ", ".join(not_running),
+            ", ".join(before[p]["state"] for p in not_running),
+        )
+    else:
+        ret["result"] = True
+        ret["comment"] = "{} is already running and up to date".format(name)
+    return ret
+
+
+def _failed(ret, comment, name, socket, before):
+    """The state's answer to an error: False (None under test=True)."""
+    ret["result"] = None if _test() else False
+    ret["comment"] = comment
+    _add_pids(ret, name, socket, before)
+    return ret
+
+
+def _add_pids(ret, name, socket, before):
+    """changes['pid'] = {'old': ..., 'new': ...} when anything changed."""
+    if not ret["changes"] or _test():
+        return
+    try:
+        after = _status_or_none(name, socket) or {}
+    except CommandExecutionError:
+        after = {}
+    ret["changes"]["pid"] = {"old": _pids(before or {}), "new": _pids(after)}
+
+
+def dead(name, socket=None, timeout=60):
+    """
+    Make sure the program is not running: stop it and wait until it is
+    STOPPED. A stop that does not finish within ``timeout`` fails the state.
+    A program supervisord does not know is not running: success, no changes.
+
+    name
+        The program (group) name, as in ``[program:NAME]``.
+    """
+    ret = _ret(name)
+    before = {}
+    try:
+        before = _status_or_none(name, socket)
+        if before is None:
+            ret["comment"] = "{} is not known to supervisord: not running".format(name)
+            return ret
+        running_ = sorted(
+            p for p, i in before.items() if i["state"] not in ("STOPPED", "EXITED", "FATAL")
+        )
+        if not running_:
+            ret["comment"] = "{} is already stopped".format(name)
+            return ret
+        if _test():
+            ret["result"] = None
+            ret["changes"] = {"stopped": running_}
+            ret["comment"] = "{} would be stopped (pids {})".format(
+                ", ".join(running_), _pids(before)
+            )
+            return ret
+        ret["changes"]["stopped"] = running_
+        _rpc("stop", name, timeout=timeout, socket=socket)
+    except CommandExecutionError as exc:
+        return _failed(ret, str(exc), name, socket, before)
+    _add_pids(ret, name, socket, before)
+    ret["comment"] = "stopped {}".format(", ".join(running_))
+    return ret
+
+
+def absent(name, conf_file=None, socket=None, timeout=60):
+    """
+    Make supervisord forget the program: remove ``conf_file`` (its program
+    file) when given, then reread and update this group only (stop, remove).
+    Succeeds when supervisord runs no such group and its configuration files
+    no longer define it.
+
+    name
+        The program (group) name, as in ``[program:NAME]``.
+
+    conf_file
+        The program file to delete, e.g. ``/etc/supervisor/conf.d/NAME.conf``.
+        Without it the file must already be gone.
+    """
+    ret = _ret(name)
+    group = _group(name)
+    test = _test()
+    if conf_file and os.path.exists(conf_file):
+        ret["changes"]["conf_file"] = {"removed": conf_file}
+        if not test:
+            try:
+                os.remove(conf_file)
+            except OSError as exc:
+                ret["result"] = False
+                ret["comment"] = "cannot remove {}: {}".format(conf_file, exc)
+                ret["changes"] = {}
+                return ret
+    try:
+        before = _status_or_none(group, socket)
+        pending = _pending(_rpc("reread", socket=socket), group)
+        if test and "conf_file" in ret["changes"]:
+            # in a real run the file is gone before the reread
+            to_remove = before is not None
+        elif pending == "removed":
+            to_remove = True
+        elif pending is None and before is None:
+            to_remove = False
+        else:
+            ret["result"] = None if test else False
+            ret["comment"] = _absent_comment(
+                ret,
+                "group {} is still defined in supervisord's configuration files; "
+                "give its program file as conf_file or remove it first".format(group),
+            )
+            return ret
+        if not to_remove:
+            ret["result"] = None if test and ret["changes"] else True
+            ret["comment"] = _absent_comment(
+                ret, "{} is not known to supervisord".format(group)
+            )
+            return ret
+        if test:
+            ret["result"] = None
+            ret["changes"]["removed"] = group
+            ret["comment"] = _absent_comment(
+                ret,
+                "group {} would be stopped and removed from supervisord (pids "
+                "{})".format(group, _pids(before or {})),
+            )
+            return ret
+        _rpc("update", group, socket=socket, timeout=timeout)
+        ret["changes"]["removed"] = group
+        ret["changes"]["pid"] = {"old": _pids(before or {}), "new": {}}
+        ret["comment"] = _absent_comment(
+            ret, "stopped group {} and removed it from supervisord".format(group)
+        )
+    except CommandExecutionError as exc:
+        ret["result"] = None if test else False
+        ret["comment"] = _absent_comment(ret, str(exc))
+    return ret
+
+
+def _absent_comment(ret, text):
+    removed = (ret["changes"].get("conf_file") or {}).get("removed")
+    if not removed:
+        return text
+    verb = "would remove" if _test() else "removed"
+    return "{} {}; {}".format(verb, removed, text)
+
+
+def mod_watch(name, sfun=None, socket=None, timeout=60, **kwargs):
+    """
+    Called by Salt when a state that ``running`` watches changed and
+    ``running`` itself changed nothing: restart the program, exactly once.
+    Skipped (with a comment, no changes) when this program was already
+    updated, started or restarted in this run after that change (where Salt
+    gives no order of states, as for ``listen``: any time in this run). For
+    ``dead`` and ``absent`` a watch does nothing.
+    """
+    ret = _ret(name)
+    if sfun not in (None, "running"):
+        ret["comment"] = "supervisor_program.{} does nothing on a watch".format(sfun)
+        return ret
+    group = _group(name)
+    acted = _covering_action(group)
+    if acted:
+        ret["comment"] = (
+            "{} {} already {} in this run after the watched change; not "
+            "restarting it twice".format(
+                name, "would be" if _test() else "was", acted["action"]
+            )
+        )
+        return ret
+    before = {}
+    try:
+        before = _rpc("status", name, socket=socket)
+        if _test():
+            ret["result"] = None
+            ret["changes"] = {"restarted": sorted(before)}
+            ret["comment"] = "{} would be restarted (pids {})".format(name, _pids(before))
+            _remember(group, "restarted")
+            return ret
+        _rpc("restart", name, timeout=timeout, socket=socket)
+        ret["changes"]["restarted"] = sorted(before)
+    except CommandExecutionError as exc:
+        return _failed(ret, str(exc), name, socket, before)
+    _add_pids(ret, name, socket, before)
+    _remember(group, "restarted")
+    ret["comment"] = "restarted {}".format(name)
+    return ret

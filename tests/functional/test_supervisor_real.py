@@ -1,0 +1,382 @@
+"""
+supervisor_rpc and supervisor_program against a real, private supervisord,
+for each supported supervisor version (Debian 12's 4.2.5, PyPI's 4.3.0).
+
+The modules run in this process with their loader globals set by hand; the
+state's ``__salt__`` maps to the execution module's real functions.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+import time
+import types
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from salt.exceptions import CommandExecutionError  # noqa: E402
+from support.loader import load  # noqa: E402
+from supervisor_fixture import (  # noqa: E402,F401  (fixtures are used by name)
+    PYTHON,
+    supervisord_build,
+    supervisord_factory,
+)
+
+SLEEP = "/bin/sleep 600"
+FATAL_LINE = "fatal-marker: port 8888 already in use"
+CRASH = '{} -c "import sys; sys.stderr.write(\'{}\\n\'); sys.exit(1)"'.format(
+    PYTHON, FATAL_LINE
+)
+DEAF = (
+    '{} -c "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); '
+    'time.sleep(600)"'.format(PYTHON)
+)
+CHATTY = '{} -c "import time; print(\'hello-stdout\', flush=True); time.sleep(600)"'.format(
+    PYTHON
+)
+
+RPC_FUNCTIONS = ("status", "reread", "update", "start", "stop", "restart", "tail", "state")
+
+
+@pytest.fixture
+def salt():
+    """Both modules, loaded by path, with their loader globals wired."""
+    rpc = load("_modules", "supervisor_rpc",
+               salt={"config.get": lambda key, default="": default})
+    states = load("_states", "supervisor_program",
+                  salt={"supervisor_rpc." + f: getattr(rpc, f) for f in RPC_FUNCTIONS})
+    return types.SimpleNamespace(rpc=rpc, states=states)
+
+
+@pytest.fixture
+def daemon(supervisord_factory):
+    return supervisord_factory()
+
+
+def pid(daemon, spec):
+    return daemon.rpc().getProcessInfo(spec)["pid"]
+
+
+def spawns(daemon, name):
+    """How often supervisord spawned NAME (from its own log)."""
+    text = (daemon.root / "supervisord.log").read_text()
+    return text.count("spawned: '{}' with pid".format(name))
+
+
+def test_version_and_state(salt, daemon, supervisord_build):
+    daemon.start()
+    info = salt.rpc.state(socket=daemon.socket)
+    assert info["version"] == supervisord_build[0]
+    assert info["state"] == "RUNNING"
+    assert info["pid"] == daemon.process.pid
+    assert info["socket"] == daemon.socket
+
+
+def test_stopped_neighbour_does_not_confuse_status(salt, daemon):
+    """Salt's module renames the first program 'ERROR:' when one is stopped."""
+    daemon.write_program("web", SLEEP, startsecs=0)
+    daemon.write_program("idle", SLEEP, autostart="false")
+    daemon.start()
+    daemon.wait_for("web", "RUNNING")
+    ctl = os.path.join(os.path.dirname(daemon.binary), "supervisorctl")
+    text = subprocess.run(
+        [ctl, "-s", "unix://" + daemon.socket, "status"], capture_output=True
+    )
+    assert text.returncode == 3  # what trips Salt's supervisord module
+
+    status = salt.rpc.status(socket=daemon.socket)
+    assert sorted(status) == ["idle", "web"]
+    assert status["web"]["state"] == "RUNNING"
+    assert status["web"]["pid"] == pid(daemon, "web") > 0
+    assert status["web"]["group"] == "web"
+    assert status["web"]["stderr_logfile"] == str(daemon.logs / "web.err")
+    assert status["idle"]["state"] == "STOPPED"
+    assert status["idle"]["pid"] is None
+    assert salt.rpc.status("web", socket=daemon.socket) == {"web": status["web"]}
+    ret = salt.states.running("web", socket=daemon.socket)
+    assert ret["result"] is True and ret["changes"] == {}
+
+
+def test_changed_program_restarts_only_that_program(salt, daemon):
+    daemon.write_program("app", SLEEP)
+    daemon.write_program("neighbour", SLEEP, startsecs=0)
+    daemon.start()
+    daemon.wait_for("app", "RUNNING")
+    daemon.wait_for("neighbour", "RUNNING")
+    app_pid, neighbour_pid = pid(daemon, "app"), pid(daemon, "neighbour")
+
+    ret = salt.states.running("app", socket=daemon.socket)
+    assert ret["result"] is True and ret["changes"] == {}, ret
+
+    daemon.write_program("app", "/bin/sleep 601")
+    daemon.write_program("neighbour", "/bin/sleep 602", startsecs=0)  # changed too
+    ret = salt.states.running("app", socket=daemon.socket)
+    assert ret["result"] is True, ret
+    assert ret["changes"]["updated"] == "changed"
+    new_pid = pid(daemon, "app")
+    assert ret["changes"]["pid"] == {"old": {"app": app_pid}, "new": {"app": new_pid}}
+    assert new_pid != app_pid
+    assert daemon.rpc().getProcessInfo("app")["statename"] == "RUNNING"
+    # the neighbour's own change is left for its own state: same pid, still pending
+    assert pid(daemon, "neighbour") == neighbour_pid
+    assert salt.rpc.reread(socket=daemon.socket)["changed"] == ["neighbour"]
+
+    again = salt.states.running("app", socket=daemon.socket)
+    assert again["result"] is True and again["changes"] == {}, again
+    assert pid(daemon, "app") == new_pid
+
+
+def test_update_touches_one_group_only(salt, daemon):
+    daemon.write_program("one", SLEEP, startsecs=0)
+    daemon.write_program("two", SLEEP, startsecs=0)
+    daemon.write_program("old", SLEEP, startsecs=0)
+    daemon.start()
+    for name in ("one", "two", "old"):
+        daemon.wait_for(name, "RUNNING")
+    pids = {n: pid(daemon, n) for n in ("one", "two", "old")}
+    daemon.write_program("one", "/bin/sleep 601", startsecs=0)
+    daemon.write_program("two", "/bin/sleep 601", startsecs=0)
+    daemon.write_program("new", SLEEP, startsecs=0)
+    os.remove(daemon.conf_d / "old.conf")
+    assert salt.rpc.reread(socket=daemon.socket) == {
+        "added": ["new"], "changed": ["one", "two"], "removed": ["old"]
+    }
+
+    assert salt.rpc.update("one", socket=daemon.socket) == {
+        "added": [], "changed": ["one"], "removed": []
+    }
+    assert pid(daemon, "two") == pids["two"] and pid(daemon, "old") == pids["old"]
+    assert "new" not in salt.rpc.status(socket=daemon.socket)
+
+    assert salt.rpc.update("old:*", socket=daemon.socket)["removed"] == ["old"]
+    assert salt.rpc.update("new:", socket=daemon.socket)["added"] == ["new"]
+    status = salt.rpc.status(socket=daemon.socket)
+    assert sorted(status) == ["new", "one", "two"]
+    assert status["two"]["pid"] == pids["two"]
+    assert salt.rpc.reread(socket=daemon.socket)["changed"] == ["two"]
+    assert salt.rpc.update("one", socket=daemon.socket) == {
+        "added": [], "changed": [], "removed": []
+    }
+    with pytest.raises(CommandExecutionError, match="no program or group named 'nope'"):
+        salt.rpc.update("nope", socket=daemon.socket)
+
+
+def test_watch_after_running_restarted_gives_one_restart(salt, daemon):
+    daemon.write_program("app", SLEEP, startsecs=0)
+    daemon.start()
+    daemon.wait_for("app", "RUNNING")
+    daemon.write_program("app", "/bin/sleep 601", startsecs=0)
+
+    ret = salt.states.running("app", socket=daemon.socket)
+    assert ret["changes"]["updated"] == "changed", ret
+    after_update = pid(daemon, "app")
+    assert spawns(daemon, "app") == 2
+
+    # a second watcher of the same program in the same run
+    watch = salt.states.mod_watch("app", sfun="running", socket=daemon.socket)
+    assert watch["result"] is True and watch["changes"] == {}, watch
+    assert "not restarting it twice" in watch["comment"]
+    assert pid(daemon, "app") == after_update
+    assert spawns(daemon, "app") == 2
+
+    # the next run: a watch restarts it, once
+    salt.states.__context__.clear()
+    watch = salt.states.mod_watch("app", sfun="running", socket=daemon.socket)
+    assert watch["result"] is True, watch
+    restarted = pid(daemon, "app")
+    assert watch["changes"]["restarted"] == ["app"]
+    assert watch["changes"]["pid"] == {"old": {"app": after_update}, "new": {"app": restarted}}
+    assert restarted != after_update
+    assert spawns(daemon, "app") == 3
+    again = salt.states.mod_watch("app", sfun="running", socket=daemon.socket)
+    assert again["changes"] == {} and spawns(daemon, "app") == 3
+
+
+def test_group_names_with_colon_and_star(salt, daemon):
+    daemon.write_file(
+        "grp",
+        "[group:grp]\nprograms=a,b\n"
+        + daemon.program_text("a", SLEEP, autostart="false", startsecs=0)
+        + daemon.program_text("b", SLEEP, autostart="false", startsecs=0),
+    )
+    daemon.write_program("other", SLEEP, startsecs=0)
+    daemon.start()
+    daemon.wait_for("other", "RUNNING")
+    other = pid(daemon, "other")
+    for name in ("grp:", "grp:*", "grp"):
+        assert sorted(salt.rpc.status(name, socket=daemon.socket)) == ["grp:a", "grp:b"]
+    assert list(salt.rpc.status("grp:a", socket=daemon.socket)) == ["grp:a"]
+
+    started = salt.rpc.start("grp:*", socket=daemon.socket)
+    assert {s: t["new"]["state"] for s, t in started.items()} == {
+        "grp:a": "RUNNING", "grp:b": "RUNNING"
+    }
+    assert started["grp:a"]["old"] == {"state": "STOPPED", "pid": None}
+    stopped = salt.rpc.stop("grp:", socket=daemon.socket)
+    assert {s: t["new"]["state"] for s, t in stopped.items()} == {
+        "grp:a": "STOPPED", "grp:b": "STOPPED"
+    }
+    salt.rpc.start("grp:b", socket=daemon.socket)
+    status = salt.rpc.status("grp:", socket=daemon.socket)
+    assert (status["grp:a"]["state"], status["grp:b"]["state"]) == ("STOPPED", "RUNNING")
+
+    ret = salt.states.running("grp", socket=daemon.socket)
+    assert ret["result"] is True and ret["changes"]["started"] == ["grp:a"], ret
+    ret = salt.states.dead("grp:*", socket=daemon.socket)
+    assert ret["result"] is True and ret["changes"]["stopped"] == ["grp:a", "grp:b"], ret
+    assert pid(daemon, "other") == other
+
+
+def test_stop_that_fails_is_reported_as_failed(salt, daemon):
+    daemon.write_program("deaf", DEAF, stopsignal="TERM", stopwaitsecs=30)
+    daemon.start()
+    daemon.wait_for("deaf", "RUNNING")
+    deaf = pid(daemon, "deaf")
+    try:
+        with pytest.raises(CommandExecutionError, match="did not reach STOPPED within 1 s"):
+            salt.rpc.stop("deaf", timeout=1, socket=daemon.socket)
+        ret = salt.states.dead("deaf", socket=daemon.socket, timeout=1)
+        assert ret["result"] is False, ret
+        assert "state STOPPING" in ret["comment"]
+        assert ret["changes"]["pid"] == {"old": {"deaf": deaf}, "new": {"deaf": deaf}}
+    finally:
+        daemon.rpc().signalProcess("deaf", "KILL")
+    daemon.wait_for("deaf", "STOPPED")
+
+
+def test_supervisord_down_gives_clear_error(salt, daemon):
+    missing = str(daemon.root / "missing.sock")
+    with pytest.raises(CommandExecutionError) as err:
+        salt.rpc.status(socket=missing)
+    assert "not reachable on its socket {}".format(missing) in str(err.value)
+
+    daemon.write_program("app", SLEEP, startsecs=0)
+    daemon.start()
+    daemon.wait_for("app", "RUNNING")
+    daemon.process.kill()  # no clean-up: the socket file stays, nobody listens
+    daemon.process.wait()
+    assert os.path.exists(daemon.socket)
+    for call in (salt.rpc.status, salt.rpc.reread, salt.rpc.state):
+        with pytest.raises(CommandExecutionError, match="not reachable on its socket") as err:
+            call(socket=daemon.socket)
+        assert daemon.socket in str(err.value)
+    ret = salt.states.running("app", socket=daemon.socket)
+    assert ret["result"] is False
+    assert "supervisord is not reachable on its socket {}".format(daemon.socket) in ret["comment"]
+
+
+def test_fatal_program_fails_with_stderr_tail(salt, daemon):
+    daemon.write_program("crash", CRASH, autostart="false", startretries=0)
+    daemon.write_program("fine", SLEEP, startsecs=0)
+    daemon.start()
+    daemon.wait_for("fine", "RUNNING")
+    ret = salt.states.running("crash", socket=daemon.socket)
+    assert ret["result"] is False, ret
+    assert FATAL_LINE in ret["comment"]
+    assert "crash" in ret["comment"]
+    assert "BACKOFF" in ret["comment"] or "FATAL" in ret["comment"]
+    daemon.wait_for("crash", "FATAL")
+    with pytest.raises(CommandExecutionError, match=FATAL_LINE):
+        salt.rpc.start("crash", socket=daemon.socket)
+    assert FATAL_LINE in salt.rpc.tail("crash", socket=daemon.socket)
+    assert salt.rpc.status("fine", socket=daemon.socket)["fine"]["state"] == "RUNNING"
+
+
+def test_test_mode_predicts_and_changes_nothing(salt, daemon):
+    app_conf = daemon.write_program("app", SLEEP, startsecs=0)
+    daemon.write_program("idle", SLEEP, autostart="false")
+    daemon.start()
+    daemon.wait_for("app", "RUNNING")
+    app = pid(daemon, "app")
+    daemon.write_program("app", "/bin/sleep 601", startsecs=0)
+    daemon.write_program("fresh", SLEEP)
+    salt.states.__opts__["test"] = True
+
+    ret = salt.states.running("app", socket=daemon.socket)
+    assert ret["result"] is None and "would be updated" in ret["comment"], ret
+    ret = salt.states.running("idle", socket=daemon.socket)
+    assert ret["result"] is None and "idle would be started" in ret["comment"], ret
+    ret = salt.states.running("fresh", socket=daemon.socket)
+    assert ret["result"] is None and "would be added" in ret["comment"], ret
+    ret = salt.states.dead("app", socket=daemon.socket)
+    assert ret["result"] is None and "would be stopped" in ret["comment"], ret
+    ret = salt.states.mod_watch("app", sfun="running", socket=daemon.socket)
+    assert ret["result"] is True and ret["changes"] == {}, ret
+    assert "app would be already updated in this run" in ret["comment"]
+    salt.states.__context__.clear()
+    ret = salt.states.mod_watch("app", sfun="running", socket=daemon.socket)
+    assert ret["result"] is None and "would be restarted" in ret["comment"], ret
+    ret = salt.states.absent("app", conf_file=app_conf, socket=daemon.socket)
+    assert ret["result"] is None and "would be stopped and removed" in ret["comment"], ret
+
+    assert os.path.exists(app_conf)
+    status = salt.rpc.status(socket=daemon.socket)
+    assert sorted(status) == ["app", "idle"]
+    assert status["app"]["pid"] == app
+    assert status["idle"]["state"] == "STOPPED"
+    assert spawns(daemon, "app") == 1 and spawns(daemon, "idle") == 0
+    assert salt.rpc.reread(socket=daemon.socket) == {
+        "added": ["fresh"], "changed": ["app"], "removed": []
+    }
+
+
+def test_absent_forgets_only_that_program(salt, daemon):
+    conf = daemon.write_program("app", SLEEP, startsecs=0)
+    daemon.write_program("neighbour", SLEEP, startsecs=0)
+    daemon.start()
+    daemon.wait_for("app", "RUNNING")
+    daemon.wait_for("neighbour", "RUNNING")
+    app, neighbour = pid(daemon, "app"), pid(daemon, "neighbour")
+
+    ret = salt.states.absent("app", socket=daemon.socket)  # file still there
+    assert ret["result"] is False and "still defined" in ret["comment"], ret
+    assert pid(daemon, "app") == app
+
+    ret = salt.states.absent("app", conf_file=conf, socket=daemon.socket)
+    assert ret["result"] is True, ret
+    assert ret["changes"] == {
+        "conf_file": {"removed": conf},
+        "removed": "app",
+        "pid": {"old": {"app": app}, "new": {}},
+    }
+    assert not os.path.exists(conf)
+    assert sorted(salt.rpc.status(socket=daemon.socket)) == ["neighbour"]
+    assert pid(daemon, "neighbour") == neighbour
+    with pytest.raises(CommandExecutionError, match="no program or group named 'app'"):
+        salt.rpc.status("app", socket=daemon.socket)
+
+    ret = salt.states.absent("app", conf_file=conf, socket=daemon.socket)
+    assert ret["result"] is True and ret["changes"] == {}, ret
+
+
+def test_running_adds_program_and_waits_for_startsecs(salt, daemon):
+    daemon.write_program("neighbour", SLEEP, startsecs=0)
+    daemon.start()
+    daemon.wait_for("neighbour", "RUNNING")
+    neighbour = pid(daemon, "neighbour")
+    daemon.write_program("fresh", CHATTY, startsecs=2)
+    began = time.monotonic()
+    ret = salt.states.running("fresh", socket=daemon.socket)
+    took = time.monotonic() - began
+    assert ret["result"] is True, ret
+    assert ret["changes"]["updated"] == "added"
+    assert ret["changes"]["pid"]["old"] == {}
+    assert ret["changes"]["pid"]["new"] == {"fresh": pid(daemon, "fresh")}
+    assert took >= 1.9  # RUNNING only after startsecs
+    status = salt.rpc.status(socket=daemon.socket)
+    assert status["fresh"]["state"] == "RUNNING"
+    assert status["neighbour"]["pid"] == neighbour
+    assert "hello-stdout" in salt.rpc.tail("fresh", stream="stdout", socket=daemon.socket)
+
+
+def test_unknown_program_is_named(salt, daemon):
+    daemon.write_program("app", SLEEP, startsecs=0)
+    daemon.start()
+    for call in (salt.rpc.status, salt.rpc.start, salt.rpc.stop, salt.rpc.tail):
+        with pytest.raises(CommandExecutionError, match="no program or group named 'nope'"):
+            call("nope", socket=daemon.socket)
+    ret = salt.states.running("nope", socket=daemon.socket)
+    assert ret["result"] is False and "'nope'" in ret["comment"], ret

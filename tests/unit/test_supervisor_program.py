@@ -1,0 +1,424 @@
+"""
+Unit tests of _states/supervisor_program.py with the loader mocked: its
+``__salt__`` holds fakes of the supervisor_rpc functions that record calls.
+No supervisord, no root, seconds.
+"""
+
+import pytest
+from salt.exceptions import CommandExecutionError
+from salt.utils.immutabletypes import freeze
+from salt.utils.requisite import RequisiteType
+
+from support.loader import load
+
+DOWN = CommandExecutionError(
+    "supervisord is not reachable on its socket /run/supervisor.sock: "
+    "Connection refused (is supervisord running?)"
+)
+
+
+def proc(group, name, state="RUNNING", pid=100):
+    return {"group": group, "name": name, "state": state,
+            "pid": pid if state == "RUNNING" else None}
+
+
+class FakeRpc:
+    """supervisor_rpc as the state sees it: processes by spec, a reread diff."""
+
+    def __init__(self, *procs, diff=None):
+        self.procs = {self.spec(p): dict(p) for p in procs}
+        self.diff = {"added": [], "changed": [], "removed": []}
+        self.diff.update(diff or {})
+        self.calls = []
+        self.errors = {}
+        self.next_pid = 500
+
+    @staticmethod
+    def spec(p):
+        return p["name"] if p["group"] == p["name"] else "{}:{}".format(p["group"], p["name"])
+
+    def functions(self):
+        names = ("status", "reread", "update", "start", "stop", "restart")
+        return {"supervisor_rpc." + n: self._wrap(n) for n in names}
+
+    def _wrap(self, name):
+        def call(*args, **kwargs):
+            self.calls.append((name,) + args)
+            if name in self.errors:
+                raise self.errors[name]
+            return getattr(self, "_" + name)(*args, **kwargs)
+        return call
+
+    def _select(self, name):
+        group, _, member = name.partition(":")
+        found = {s: p for s, p in self.procs.items()
+                 if p["group"] == group and member in ("", "*", p["name"])}
+        if not found:
+            raise CommandExecutionError(
+                "supervisord on /s.sock has no program or group named '{}'".format(name))
+        return found
+
+    def _status(self, name=None, socket=None):
+        found = self.procs if name is None else self._select(name)
+        return {s: dict(p) for s, p in found.items()}  # fresh, as supervisor_rpc's
+
+    def _reread(self, socket=None):
+        return {k: list(v) for k, v in self.diff.items()}
+
+    def _update(self, group, socket=None, timeout=60):
+        for action in ("added", "changed", "removed"):
+            if group in self.diff[action]:
+                self.diff[action].remove(group)
+                for spec in [s for s, p in self.procs.items() if p["group"] == group]:
+                    del self.procs[spec]
+                if action != "removed":
+                    self._spawn(proc(group, group, "STARTING"))
+                return {a: [group] if a == action else [] for a in ("added", "changed", "removed")}
+        return {"added": [], "changed": [], "removed": []}
+
+    def _spawn(self, p):
+        self.next_pid += 1
+        p["pid"] = self.next_pid
+        self.procs[self.spec(p)] = p
+
+    def _start(self, name, timeout=60, socket=None):
+        for p in self._select(name).values():
+            if p["state"] != "RUNNING":
+                if p["state"] != "STARTING":
+                    self.next_pid += 1
+                    p["pid"] = self.next_pid
+                p["state"] = "RUNNING"
+        return {}
+
+    def _stop(self, name, timeout=60, socket=None):
+        for p in self._select(name).values():
+            p["state"], p["pid"] = "STOPPED", None
+        return {}
+
+    def _restart(self, name, timeout=60, socket=None):
+        self._stop(name)
+        return self._start(name)
+
+    def acting_calls(self):
+        return [c for c in self.calls if c[0] in ("update", "start", "stop", "restart")]
+
+
+@pytest.fixture
+def state():
+    return load("_states", "supervisor_program")
+
+
+def wire(state, rpc):
+    state.__salt__ = rpc.functions()
+    return rpc
+
+
+def test_virtual(state):
+    state.__salt__ = {}
+    assert state.__virtual__()[0] is False
+    wire(state, FakeRpc())
+    assert state.__virtual__() == "supervisor_program"
+
+
+# --- running ---------------------------------------------------------------------
+
+
+def test_running_and_unchanged_is_left_alone(state):
+    rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", pid=7), diff={"changed": ["other"]}))
+    ret = state.running("jupyter")
+    assert ret == {"name": "jupyter", "result": True, "changes": {},
+                   "comment": "jupyter is already running and up to date"}
+    assert rpc.acting_calls() == []
+    assert state.__context__.get("supervisor_program.acted") is None
+
+
+def test_running_updates_a_changed_group_only(state):
+    rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", pid=7), proc("other", "other", pid=8),
+                              diff={"changed": ["jupyter", "other"]}))
+    ret = state.running("jupyter", socket="/s.sock", timeout=30)
+    assert ret["result"] is True, ret
+    assert rpc.acting_calls() == [("update", "jupyter"), ("start", "jupyter")]
+    assert ret["changes"] == {"updated": "changed", "started": ["jupyter"],
+                              "pid": {"old": {"jupyter": 7}, "new": {"jupyter": 501}}}
+    assert "updated group jupyter" in ret["comment"]
+    assert rpc.procs["other"]["pid"] == 8
+    assert state.__context__["supervisor_program.acted"]["jupyter"]["action"] == "updated"
+
+
+def test_running_adds_a_new_group(state):
+    rpc = wire(state, FakeRpc(diff={"added": ["jupyter"]}))
+    ret = state.running("jupyter")
+    assert ret["result"] is True, ret
+    assert ret["changes"]["updated"] == "added"
+    assert ret["changes"]["pid"] == {"old": {}, "new": {"jupyter": 501}}
+    assert rpc.procs["jupyter"]["state"] == "RUNNING"
+
+
+def test_running_starts_a_stopped_program(state):
+    rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", "STOPPED")))
+    ret = state.running("jupyter")
+    assert ret["result"] is True
+    assert rpc.acting_calls() == [("start", "jupyter")]
+    assert ret["changes"] == {"started": ["jupyter"],
+                              "pid": {"old": {"jupyter": None}, "new": {"jupyter": 501}}}
+    assert state.__context__["supervisor_program.acted"]["jupyter"]["action"] == "started"
+
+
+def test_running_fails_with_the_start_error(state):
+    rpc = FakeRpc(proc("jupyter", "jupyter", "FATAL"))
+    rpc.errors["start"] = CommandExecutionError(
+        "jupyter: start failed (state FATAL: Exited too quickly)\n"
+        "last lines of /var/log/jupyter.err:\nOSError: [Errno 98] Address already in use")
+    wire(state, rpc)
+    ret = state.running("jupyter")
+    assert ret["result"] is False
+    assert "state FATAL" in ret["comment"] and "Address already in use" in ret["comment"]
+    assert "supervisor_program.acted" not in state.__context__
+
+
+def test_running_reports_an_update_that_then_failed(state):
+    rpc = FakeRpc(proc("jupyter", "jupyter", pid=7), diff={"changed": ["jupyter"]})
+    rpc.errors["start"] = CommandExecutionError("jupyter: start failed (state BACKOFF)")
+    wire(state, rpc)
+    ret = state.running("jupyter")
+    assert ret["result"] is False
+    assert ret["comment"] == "changed group jupyter, then: jupyter: start failed (state BACKOFF)"
+    assert ret["changes"]["updated"] == "changed"
+    assert ret["changes"]["pid"]["old"] == {"jupyter": 7}
+
+
+def test_running_a_removed_program_fails_without_touching_it(state):
+    rpc = wire(state, FakeRpc(proc("jupyter", "jupyter"), diff={"removed": ["jupyter"]}))
+    ret = state.running("jupyter")
+    assert ret["result"] is False and "no longer in supervisord's configuration" in ret["comment"]
+    assert rpc.acting_calls() == []
+
+
+def test_running_an_unknown_program(state):
+    rpc = wire(state, FakeRpc(proc("other", "other")))
+    ret = state.running("jupyter")
+    assert ret["result"] is False and "no program or group named 'jupyter'" in ret["comment"]
+    state.__opts__["test"] = True
+    ret = state.running("jupyter")
+    assert ret["result"] is None and "would be added and started" in ret["comment"]
+    assert rpc.acting_calls() == []
+
+
+def test_running_when_supervisord_is_down(state):
+    rpc = FakeRpc()
+    rpc.errors["reread"] = DOWN
+    wire(state, rpc)
+    ret = state.running("jupyter")
+    assert ret["result"] is False and ret["comment"] == str(DOWN) and ret["changes"] == {}
+    state.__opts__["test"] = True
+    assert state.running("jupyter")["result"] is None
+
+
+@pytest.mark.parametrize(
+    "procs,diff,comment,changes",
+    [
+        ([proc("jupyter", "jupyter", pid=7)], {"changed": ["jupyter"]},
+         "group jupyter would be updated", {"updated": "changed", "started": ["jupyter"]}),
+        ([], {"added": ["jupyter"]}, "group jupyter would be added",
+         {"updated": "added", "started": ["jupyter"]}),
+        ([proc("jupyter", "jupyter", "BACKOFF")], {}, "jupyter would be started (now BACKOFF)",
+         {"started": ["jupyter"]}),
+    ],
+)
+def test_running_in_test_mode_predicts_and_acts_not(state, procs, diff, comment, changes):
+    rpc = wire(state, FakeRpc(*procs, diff=diff))
+    state.__opts__["test"] = True
+    ret = state.running("jupyter")
+    assert ret["result"] is None
+    assert comment in ret["comment"]
+    assert ret["changes"] == changes
+    assert rpc.acting_calls() == []
+
+
+# --- dead --------------------------------------------------------------------------
+
+
+def test_dead_stops_and_reports_pids(state):
+    rpc = wire(state, FakeRpc(proc("grp", "a", pid=3), proc("grp", "b", "STOPPED")))
+    ret = state.dead("grp:*")
+    assert ret["result"] is True
+    assert rpc.acting_calls() == [("stop", "grp:*")]
+    assert ret["changes"] == {"stopped": ["grp:a"],
+                              "pid": {"old": {"grp:a": 3, "grp:b": None},
+                                      "new": {"grp:a": None, "grp:b": None}}}
+    again = state.dead("grp:*")
+    assert again["result"] is True and again["changes"] == {}
+
+
+def test_dead_stop_failure_is_a_failure(state):
+    rpc = FakeRpc(proc("deaf", "deaf", pid=3))
+    rpc.errors["stop"] = CommandExecutionError(
+        "deaf: did not reach STOPPED within 1 s (state STOPPING)")
+    wire(state, rpc)
+    ret = state.dead("deaf", timeout=1)
+    assert ret["result"] is False
+    assert "state STOPPING" in ret["comment"]
+    assert ret["changes"]["pid"] == {"old": {"deaf": 3}, "new": {"deaf": 3}}
+
+
+def test_dead_unknown_and_test_mode(state):
+    rpc = wire(state, FakeRpc(proc("app", "app", pid=3)))
+    assert state.dead("nope") == {"name": "nope", "result": True, "changes": {},
+                                  "comment": "nope is not known to supervisord: not running"}
+    state.__opts__["test"] = True
+    ret = state.dead("app")
+    assert ret["result"] is None and ret["changes"] == {"stopped": ["app"]}
+    assert rpc.acting_calls() == [] and rpc.procs["app"]["pid"] == 3
+
+
+# --- absent ------------------------------------------------------------------------
+
+
+def test_absent_removes_file_then_group(state, tmp_path):
+    conf = tmp_path / "jupyter.conf"
+    conf.write_text("[program:jupyter]\n")
+    rpc = FakeRpc(proc("jupyter", "jupyter", pid=7), proc("other", "other", pid=8))
+
+    def reread(socket=None):
+        # supervisord sees the group removed once the file is gone
+        gone = not conf.exists() and "jupyter" in rpc.procs
+        return {"added": [], "changed": [], "removed": ["jupyter"] if gone else []}
+
+    rpc._reread = reread
+    rpc.diff["removed"] = ["jupyter"]  # what _update applies
+    wire(state, rpc)
+    ret = state.absent("jupyter", conf_file=str(conf))
+    assert ret["result"] is True, ret
+    assert not conf.exists()
+    assert ret["changes"] == {"conf_file": {"removed": str(conf)}, "removed": "jupyter",
+                              "pid": {"old": {"jupyter": 7}, "new": {}}}
+    assert rpc.acting_calls() == [("update", "jupyter")]
+    assert sorted(rpc.procs) == ["other"]
+    again = state.absent("jupyter", conf_file=str(conf))
+    assert again["result"] is True and again["changes"] == {}
+
+
+def test_absent_in_test_mode_keeps_the_file(state, tmp_path):
+    conf = tmp_path / "jupyter.conf"
+    conf.write_text("[program:jupyter]\n")
+    rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", pid=7)))
+    state.__opts__["test"] = True
+    ret = state.absent("jupyter", conf_file=str(conf))
+    assert ret["result"] is None
+    assert ret["changes"] == {"conf_file": {"removed": str(conf)}, "removed": "jupyter"}
+    assert "would remove {}".format(conf) in ret["comment"]
+    assert conf.exists() and rpc.acting_calls() == []
+
+
+def test_absent_fails_while_the_program_is_still_configured(state):
+    rpc = wire(state, FakeRpc(proc("jupyter", "jupyter")))
+    ret = state.absent("jupyter")
+    assert ret["result"] is False and "still defined" in ret["comment"]
+    assert rpc.acting_calls() == []
+
+
+# --- mod_watch -------------------------------------------------------------------------
+
+
+def test_mod_watch_restarts_once(state):
+    rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", pid=7)))
+    ret = state.mod_watch("jupyter", sfun="running")
+    assert ret["result"] is True
+    assert ret["changes"] == {"restarted": ["jupyter"],
+                              "pid": {"old": {"jupyter": 7}, "new": {"jupyter": 501}}}
+    second = state.mod_watch("jupyter", sfun="running")
+    assert second["result"] is True and second["changes"] == {}
+    assert "not restarting it twice" in second["comment"]
+    assert rpc.acting_calls() == [("restart", "jupyter")]
+
+
+def test_mod_watch_after_running_updated_it_does_nothing(state):
+    rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", pid=7), diff={"changed": ["jupyter"]}))
+    assert state.running("jupyter")["changes"]["updated"] == "changed"
+    ret = state.mod_watch("jupyter", sfun="running")
+    assert ret["changes"] == {} and "already updated in this run" in ret["comment"]
+    assert rpc.acting_calls() == [("update", "jupyter"), ("start", "jupyter")]
+
+
+def test_mod_watch_of_dead_or_absent_does_nothing(state):
+    rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", pid=7)))
+    for sfun in ("dead", "absent"):
+        ret = state.mod_watch("jupyter", sfun=sfun)
+        assert ret["result"] is True and ret["changes"] == {}
+    assert rpc.acting_calls() == []
+
+
+def test_mod_watch_in_test_mode(state):
+    rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", pid=7)))
+    state.__opts__["test"] = True
+    ret = state.mod_watch("jupyter", sfun="running")
+    assert ret["result"] is None and "would be restarted" in ret["comment"]
+    ret = state.mod_watch("jupyter", sfun="running")  # a second watcher
+    assert ret["result"] is True and ret["changes"] == {}
+    assert "would be already restarted in this run" in ret["comment"]
+    assert rpc.acting_calls() == []
+
+
+def test_mod_watch_failure(state):
+    rpc = FakeRpc(proc("jupyter", "jupyter", pid=7))
+    rpc.errors["restart"] = CommandExecutionError("jupyter: start failed (state FATAL)")
+    wire(state, rpc)
+    ret = state.mod_watch("jupyter", sfun="running")
+    assert ret["result"] is False and "state FATAL" in ret["comment"]
+    assert "supervisor_program.acted" not in state.__context__
+
+
+def chunk(id_, run_num, changes):
+    low = {"state": "file", "__id__": id_, "name": "/etc/" + id_, "fun": "managed"}
+    tag = "file_|-{0}_|-/etc/{0}_|-managed".format(id_)
+    return low, tag, {"changes": changes, "__run_num__": run_num, "result": True}
+
+
+def test_mod_watch_restarts_for_a_change_made_after_the_earlier_restart(state):
+    """An earlier restart only covers changes that came before it."""
+    rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", pid=7)))
+    state.__instance_id__ = 1
+    pip, pip_tag, pip_ret = chunk("pip", 2, {"jupyterlab": "4.2"})
+    conf, conf_tag, conf_ret = chunk("conf", 5, {"diff": "..."})
+    # Salt hands these over frozen, keyed by RequisiteType (a str enum)
+    # state 3 (watching pip) restarted jupyter after states 0..2 had run
+    state.__running__ = freeze({"a": {"__run_num__": 1}, pip_tag: pip_ret})
+    state.__low__ = freeze({"__reqs__": {RequisiteType.WATCH: [pip]}})
+    assert state.mod_watch("jupyter", sfun="running")["changes"]["restarted"] == ["jupyter"]
+    assert state.__context__["supervisor_program.acted"]["jupyter"]["after"] == 2
+
+    # state 6 watches conf, changed by state 5, after that restart: restart again
+    state.__running__ = freeze({pip_tag: pip_ret, "r": {"__run_num__": 3}, conf_tag: conf_ret})
+    state.__low__ = freeze({"__reqs__": {RequisiteType.WATCH: [conf]}})
+    assert state.mod_watch("jupyter", sfun="running")["changes"]["restarted"] == ["jupyter"]
+
+    # state 7 watches pip (changed by state 2, before the last restart): skip
+    state.__running__ = freeze({pip_tag: pip_ret, conf_tag: conf_ret, "s": {"__run_num__": 6}})
+    state.__low__ = freeze(
+        {"__reqs__": {RequisiteType.WATCH: [pip], RequisiteType.REQUIRE: [conf]}}
+    )
+    ret = state.mod_watch("jupyter", sfun="running")
+    assert ret["changes"] == {} and "not restarting it twice" in ret["comment"]
+    assert rpc.acting_calls() == [("restart", "jupyter"), ("restart", "jupyter")]
+
+
+def test_first_state_of_a_run_covers_no_later_change(state):
+    """running acting before anything else ran does not cover a later change."""
+    rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", "STOPPED")))
+    state.__instance_id__ = 1
+    state.__running__ = freeze({})  # what Salt passes to the first state
+    assert state.running("jupyter")["changes"]["started"] == ["jupyter"]
+    pip, pip_tag, pip_ret = chunk("pip", 1, {"jupyterlab": "4.2"})
+    state.__running__ = freeze({"first": {"__run_num__": 0}, pip_tag: pip_ret})
+    state.__low__ = freeze({"__reqs__": {RequisiteType.WATCH_ANY: [pip]}})
+    assert state.mod_watch("jupyter", sfun="running")["changes"]["restarted"] == ["jupyter"]
+    assert rpc.acting_calls() == [("start", "jupyter"), ("restart", "jupyter")]
+
+
+def test_context_of_another_run_is_ignored(state):
+    rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", pid=7)))
+    state.__instance_id__ = 1
+    state.mod_watch("jupyter", sfun="running")
+    state.__instance_id__ = 2
+    assert state.mod_watch("jupyter", sfun="running")["changes"]["restarted"] == ["jupyter"]
+    assert len(rpc.acting_calls()) == 2
