@@ -39,6 +39,13 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "lab: boots systemd-nspawn hosts (root)")
 
 
+def pytest_terminal_summary(terminalreporter):
+    if LAB.PHASES:
+        terminalreporter.section("lab phases")
+        for line in LAB.PHASES:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def lab(request):
     """The lab module, with the rootfs built and the proxy up; torn down after the session."""

@@ -165,6 +165,9 @@ def log(msg: str) -> None:
     print(f"[lab] {msg}", file=sys.stderr, flush=True)
 
 
+PHASES: list = []  # every timed phase of this process, for the test run's summary
+
+
 @contextlib.contextmanager
 def phase(name: str):
     """Time a phase and print it: ``with phase("apply node1"): ...``."""
@@ -175,7 +178,9 @@ def phase(name: str):
         yield
         ok = True
     finally:
-        log(f"phase {name}: {time.monotonic() - start:.1f}s{'' if ok else ' (failed)'}")
+        line = f"phase {name}: {time.monotonic() - start:.1f}s{'' if ok else ' (failed)'}"
+        log(line)
+        PHASES.append(line)
 
 
 def sh(*cmd, check=True, **kw) -> subprocess.CompletedProcess:
