@@ -37,6 +37,9 @@ OWNED_TRAITS = {
     ("IdentityProvider", "token"): "(the formula disables token login)",
 }
 
+# jupyter_core's system config path: every Jupyter server on the host reads these.
+SHARED_CONFIG_DIRS = ("/etc/jupyter", "/usr/local/etc/jupyter", "/usr/etc/jupyter")
+
 ARGON2_HASH = re.compile(
     r"argon2:\$argon2id\$v=19\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
 )
@@ -201,8 +204,9 @@ def _environment(value):
     for key, val in value.items():
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise Invalid(f"{_shown(key)} is not an environment variable name")
-        if not isinstance(val, (str, int)) or re.search(r'["\n\r%,]', str(val)):
-            raise Invalid(f"{key}: expected a value without quotes, '%', ',' or newlines")
+        # supervisor reads ' ;' and ' #' as the start of a comment and strips quotes
+        if not isinstance(val, (str, int)) or re.search(r'["\'\n\r%,;#]', str(val)):
+            raise Invalid(f"{key}: expected a value without quotes, '%', ',', ';', '#' or newlines")
     return {key: str(val) for key, val in value.items()}
 
 
@@ -229,7 +233,7 @@ SCHEMA = {
     },
     "password": _nullable(_password),
     "hashed_password": _nullable(_hashed_password),
-    "config_file": _string(r"/[A-Za-z0-9._@+/-]*\.json", "an absolute path ending in .json"),
+    "config_file": _nullable(_string(r"/[A-Za-z0-9._@+/-]*\.json", "an absolute path ending in .json")),
     "server": {
         "ip": _ip,
         "port": PORT,
@@ -335,6 +339,12 @@ def _cross_checks(data, errors, require_password):
         errors.append(
             f"{PREFIX}:hashed_password: give jupyter:password or jupyter:hashed_password, not both"
         )
+    config_dir = posixpath.dirname(data.get("config_file") or "/")
+    if config_dir in SHARED_CONFIG_DIRS or config_dir == posixpath.join(data.get("venv") or "", "etc/jupyter"):
+        errors.append(
+            f"{PREFIX}:config_file: {config_dir} is read by every Jupyter server on the host "
+            "(a private file there breaks them); choose another directory"
+        )
     nginx = data.get("nginx") or {}
     port = (data.get("server") or {}).get("port")
     tls = nginx.get("tls")
@@ -353,6 +363,7 @@ def _fill_derived(data):
     """Defaults that depend on other keys."""
     data["group"] = data.get("group") or data["user"]
     data["home"] = data.get("home") or f"/home/{data['user']}"
+    data["config_file"] = data.get("config_file") or f"/etc/jupyter-server/{data['supervisor']['program']}.json"
     data["password_source"] = "password" if data.get("password") else "hashed_password"
     for secret in ("password", "hashed_password"):
         if data.get(secret):

@@ -118,7 +118,7 @@ def managed(
 
     .. code-block:: yaml
 
-        /etc/jupyter/jupyter_server_config.json:
+        /etc/jupyter-server/jupyter.json:
           jupyter_config.managed:
             - config: {ServerApp: {port: 8888}}
             - group: jupyter

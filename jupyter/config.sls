@@ -28,6 +28,10 @@ def server_config(s):
     }
     if behind_tls:
         config["IdentityProvider"]["cookie_options"] = {"secure": True, "samesite": "Lax"}
+        # the _xsrf cookie too (jupyter_server's own default for it is the path only)
+        config["ServerApp"]["tornado_settings"] = {
+            "xsrf_cookie_kwargs": {"path": server["base_url"], "secure": True}
+        }
     for cls, traits in s["config"].items():
         config.setdefault(cls, {}).update(traits)
     return config

@@ -11,6 +11,8 @@ def tls_files(s):
         return {}
     states = {}
     for kind, mode in (("certificate", "0644"), ("certificate_key", "0600")):
+        if not tls[f"{kind}_pem"]:  # this one is a path to a file managed elsewhere
+            continue
         states[f"jupyter-nginx-tls-{kind.replace('_', '-')}"] = {
             "file.managed": [
                 {"name": tls[kind]},

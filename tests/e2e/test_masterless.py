@@ -144,12 +144,12 @@ def test_listens_on_loopback_as_the_user_with_a_private_config(site):
     assert sockets == ["127.0.0.1:8888"]
     owner = subprocess.run(["ps", "-o", "user=", "-p", str(pid)], capture_output=True, text=True).stdout
     assert owner.strip() == "jupyter"
-    config = os.stat("/etc/jupyter/jupyter_server_config.json")
+    config = os.stat("/etc/jupyter-server/jupyter.json")
     assert stat.S_IMODE(config.st_mode) & 0o007 == 0
     assert config.st_uid == 0
     # the server's user can read it, the web server's user cannot
-    reads = subprocess.run(["runuser", "-u", "www-data", "--", "cat", "/etc/jupyter/jupyter_server_config.json"],
+    reads = subprocess.run(["runuser", "-u", "www-data", "--", "cat", "/etc/jupyter-server/jupyter.json"],
                            capture_output=True, text=True)
     assert reads.returncode != 0 and "Permission denied" in reads.stderr
-    text = Path("/etc/jupyter/jupyter_server_config.json").read_text()
+    text = Path("/etc/jupyter-server/jupyter.json").read_text()
     assert FIRST not in text and re.search(r'"hashed_password": "argon2:\$argon2id\$', text)

@@ -52,7 +52,7 @@ def test_clean_removes_what_the_formula_added(quickstart):
     assert not failed(results), failed(results)
     assert "jupyter-clean-program" in changed(results)
     for path in ("/etc/supervisor/conf.d/jupyter.conf", "/etc/nginx/sites-available/jupyter.conf",
-                 "/etc/nginx/sites-enabled/jupyter.conf", "/etc/jupyter/jupyter_server_config.json",
+                 "/etc/nginx/sites-enabled/jupyter.conf", "/etc/jupyter-server/jupyter.json",
                  "/opt/jupyter/venv"):
         assert not Path(path).exists(), path
     assert Path("/srv/jupyter").is_dir()  # notebooks are kept

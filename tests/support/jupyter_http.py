@@ -23,6 +23,8 @@ class JupyterClient:
         self.timeout = timeout
         self.session = requests.Session()
         self.session.verify = verify
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override verify=False
+        self.session.trust_env = bool(verify)
 
     def url(self, path):
         return urljoin(self.base, path.lstrip("/"))

@@ -28,6 +28,7 @@ def test_defaults_are_filled_in_and_secrets_hidden():
     assert s["nginx"]["sites_enabled"] == "/etc/nginx/sites-enabled"
     assert s["password"] == "<hidden>" and s["password_source"] == "password"
     assert s["jupyter_bin"] == "/opt/jupyter/venv/bin/jupyter-lab"
+    assert s["config_file"] == "/etc/jupyter-server/jupyter.json"
     assert "correct horse" not in repr(s)
 
 
@@ -67,6 +68,7 @@ def test_tls_contents_get_default_paths_and_key_is_hidden():
         ({"root_dir": "srv/jupyter"}, "jupyter:root_dir: expected an absolute"),
         ({"packages": ["--index-url=http://x"]}, "jupyter:packages: item 0"),
         ({"config": {"ServerApp": {"port": 1}}}, "ServerApp.port is set by the formula; use jupyter:server:port"),
+        ({"config_file": "/etc/jupyter/jupyter_server_config.json"}, "jupyter:config_file: /etc/jupyter is read by every"),
     ],
 )
 def test_bad_pillars_name_the_key(pillar, message):
