@@ -1,6 +1,8 @@
 #!py
 """The server's account, its notebook directory, the virtualenv and its pip packages."""
 
+import os
+
 from salt.exceptions import SaltInvocationError
 
 
@@ -10,6 +12,9 @@ def run():
     except SaltInvocationError as exc:  # a bad pillar: fail before anything changes
         return {"jupyter-package-pillar": {"jupyter_config.invalid_pillar": [{"comment": str(exc)}]}}
     pip = s["pip"]
+    # test=True on a fresh host: pip cannot look into a virtualenv that does not exist
+    # yet (Salt fails the state); the venv state already predicts its creation.
+    fresh_test = __opts__["test"] and not os.path.exists(s["venv"] + "/bin/pip")
     return {
         "jupyter-package-python": {"pkg.installed": [{"pkgs": s["python_packages"]}]},
         "jupyter-package-user": {
@@ -50,5 +55,6 @@ def run():
                 {"proxy": pip["proxy"]},
                 {"require": [{"virtualenv": "jupyter-package-venv"}]},
             ]
+            + ([{"onlyif": "false"}] if fresh_test else []),
         },
     }
