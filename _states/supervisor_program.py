@@ -21,12 +21,14 @@ second time by ``mod_watch``.
 """
 
 import os
+import time
 
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "supervisor_program"
 
 _CONTEXT_KEY = "supervisor_program.acted"
+SOCKET_GRACE = 10  # seconds a just-started supervisord gets to open its socket
 
 
 def __virtual__():
@@ -129,6 +131,21 @@ def _covering_action(group):
 # --- states -----------------------------------------------------------------
 
 
+def _wait_until_reachable(socket, timeout):
+    """
+    supervisord just started by its service (systemd's Type=simple returns at
+    once) may not have made its socket yet: give it a few seconds.
+    """
+    deadline = time.monotonic() + min(timeout, SOCKET_GRACE)
+    while True:
+        try:
+            return _rpc("state", socket=socket)
+        except CommandExecutionError:
+            if _test() or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
 def running(name, socket=None, timeout=60):
     """
     Make sure the program runs with the configuration supervisord reads now.
@@ -153,6 +170,7 @@ def running(name, socket=None, timeout=60):
     group = _group(name)
     before = {}
     try:
+        _wait_until_reachable(socket, timeout)
         pending = _pending(_rpc("reread", socket=socket), group)
         if pending == "removed":
             ret["result"] = False

@@ -34,11 +34,15 @@ class FakeRpc:
         self.next_pid = 500
 
     @staticmethod
+    def _state(socket=None):
+        return {"state": "RUNNING", "socket": socket}
+
+    @staticmethod
     def spec(p):
         return p["name"] if p["group"] == p["name"] else "{}:{}".format(p["group"], p["name"])
 
     def functions(self):
-        names = ("status", "reread", "update", "start", "stop", "restart")
+        names = ("status", "reread", "update", "start", "stop", "restart", "state")
         return {"supervisor_rpc." + n: self._wrap(n) for n in names}
 
     def _wrap(self, name):
@@ -422,3 +426,21 @@ def test_context_of_another_run_is_ignored(state):
     state.__instance_id__ = 2
     assert state.mod_watch("jupyter", sfun="running")["changes"]["restarted"] == ["jupyter"]
     assert len(rpc.acting_calls()) == 2
+
+
+def test_running_waits_for_a_supervisord_that_is_still_starting(state, monkeypatch):
+    """systemd starts supervisord (Type=simple) and returns before its socket exists."""
+    rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", pid=42)))
+    answers = iter([DOWN, DOWN, None])
+
+    def starting(socket=None):
+        error = next(answers)
+        if error:
+            raise error
+        return {"state": "RUNNING"}
+
+    rpc._state = starting
+    monkeypatch.setattr(state.time, "sleep", lambda _: None)
+    ret = state.running("jupyter")
+    assert ret["result"] is True and ret["changes"] == {}
+    assert [c[0] for c in rpc.calls].count("state") == 3
