@@ -25,8 +25,8 @@ def run():
     removed = [site, s["config_file"], s["venv"], sup["log_dir"]]
     if n["sites_enabled"]:
         removed.append(f"{n['sites_enabled']}/{n['site']}.conf")
-    if n["tls"] and n["tls"]["manage_files"]:
-        removed += [n["tls"]["certificate"], n["tls"]["certificate_key"]]
+    if n["tls"]:  # only the files the formula wrote from pillar PEM text
+        removed += [n["tls"][kind] for kind in ("certificate", "certificate_key") if n["tls"][f"{kind}_pem"]]
     for path in removed:
         states[f"jupyter-clean-{path}"] = {
             "file.absent": [{"name": path}, {"require": [{"supervisor_program": "jupyter-clean-program"}]}]
@@ -42,7 +42,7 @@ def run():
     else:
         states["jupyter-clean-nginx-reload"] = {
             "cmd.run": [
-                {"name": "nginx -t && service nginx reload"},
+                {"name": f"nginx -t && service {n['service']} reload"},
                 {"onlyif": "test -s /run/nginx.pid"},
                 {"onchanges": site_states},
             ]

@@ -34,6 +34,8 @@ def run():
         return {"jupyter-nginx-pillar": {"jupyter_config.invalid_pillar": [{"comment": str(exc)}]}}
     n = s["nginx"]
     site = f"{n['sites_available']}/{n['site']}.conf"
+    tls_states = tls_files(s)
+    tls_requisites = [{"file": sid} for sid in tls_states]
     checker = "/usr/local/sbin/jupyter-nginx-check-site"
     states = {
         "jupyter-nginx-package": {"pkg.installed": [{"name": n["package"]}]},
@@ -46,7 +48,7 @@ def run():
                 {"mode": "0755"},
             ]
         },
-        **tls_files(s),
+        **tls_states,
         # check_cmd: the candidate is tested alone before it replaces the live site
         "jupyter-nginx-site": {
             "file.managed": [
@@ -57,11 +59,11 @@ def run():
                 {"mode": "0644"},
                 {"check_cmd": checker},
                 {"require": [{"pkg": "jupyter-nginx-package"}, {"file": "jupyter-nginx-site-checker"}]
-                 + [{"file": sid} for sid in tls_files(s)]},
+                 + tls_requisites},
             ]
         },
     }
-    watched = [{"file": "jupyter-nginx-site"}] + [{"file": sid} for sid in tls_files(s)]
+    watched = [{"file": "jupyter-nginx-site"}] + tls_requisites
     if n["sites_enabled"]:
         states["jupyter-nginx-site-enabled"] = {
             "file.symlink": [
