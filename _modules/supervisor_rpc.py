@@ -6,8 +6,8 @@ does, but gets data back instead of text to parse. It replaces Salt's
 ``supervisord`` execution module, which misreads supervisor 4 output
 (``supervisorctl status`` exits 3 as soon as one program is stopped).
 
-Only the standard library is used: ``xmlrpc.client`` plus a small transport
-that speaks HTTP over a unix socket.
+It uses ``xmlrpc.client`` plus a small transport that speaks HTTP over a unix
+socket, and psutil (a dependency of Salt) to see which ports a process listens on.
 
 Socket
     Every function takes ``socket``: the path of supervisord's unix socket
@@ -31,11 +31,19 @@ Names
 
     A name that matches nothing raises ``CommandExecutionError``.
 
+Ready
+    supervisord calls a process RUNNING once it has stayed up for its
+    ``startsecs``. :py:func:`start` and :py:func:`restart` take ``ready_port``:
+    a process that listens on that TCP port (itself or a child) counts as
+    started at once, which is sooner for a server that opens its port at the
+    end of its start-up. A crash after that is supervisord's to retry.
+
 Failures (supervisord down, unknown program, a start or stop that did not get
 where it should) raise ``CommandExecutionError`` with a message that says what
 happened; never a made-up status.
 """
 
+import functools
 import http.client
 import logging
 import os
@@ -43,6 +51,7 @@ import socket as _socket_mod
 import time
 import xmlrpc.client
 
+import psutil
 from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
@@ -348,10 +357,29 @@ def _ask(sv, method, spec, moot, asked):
     return False
 
 
-def _start(sv, targets, timeout):
+def _listening(pid, port):
+    """Whether process ``pid`` or one of its children listens on TCP ``port``."""
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc] + proc.children(recursive=True)
+        for one in procs:
+            # net_connections: psutil >= 6; connections: older releases
+            conns = getattr(one, "net_connections", None) or one.connections
+            if any(
+                c.status == psutil.CONN_LISTEN and c.laddr and c.laddr[1] == port
+                for c in conns(kind="tcp")
+            ):
+                return True
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        pass
+    return False
+
+
+def _start(sv, targets, timeout, ready_port=None):
     """
     Start the processes ``targets`` (infos) and wait until each is RUNNING,
-    which supervisord grants once a process has stayed up for its startsecs.
+    which supervisord grants once a process has stayed up for its startsecs,
+    or, with ``ready_port``, until it listens on that port.
 
     A process we started that leaves STARTING for anything but RUNNING
     (BACKOFF, EXITED, FATAL) has failed, as for ``supervisorctl start``. A
@@ -367,7 +395,7 @@ def _start(sv, targets, timeout):
         if state == "RUNNING":
             return True
         if state == "STARTING":
-            return False
+            return bool(ready_port and info["pid"] and _listening(info["pid"], ready_port))
         if state == "BACKOFF":
             return "start failed" if spec in started else False
         if state == "STOPPING":
@@ -545,7 +573,7 @@ def _group_call(sv, method, group):
         raise sv.fault(exc, "{} {}".format(method, group), group)
 
 
-def start(name, timeout=60, socket=None):
+def start(name, timeout=60, socket=None, ready_port=None):
     """
     Start a program (or every process of a group) and wait until it is
     RUNNING, i.e. has stayed up for its ``startsecs``. Processes already
@@ -556,6 +584,10 @@ def start(name, timeout=60, socket=None):
 
     timeout
         Seconds to wait for RUNNING.
+
+    ready_port
+        A TCP port: a process listening on it counts as started even while
+        supervisord still says STARTING (see the module doc).
 
     Returns ``{process: {"old": {"state", "pid"}, "new": {"state", "pid"}}}``
     for every selected process. If one does not get to RUNNING (it ends in
@@ -568,8 +600,9 @@ def start(name, timeout=60, socket=None):
 
         salt '*' supervisor_rpc.start jupyter
         salt '*' supervisor_rpc.start 'workers:*' timeout=120
+        salt '*' supervisor_rpc.start jupyter ready_port=8888
     """
-    return _act(name, socket, timeout, _start)
+    return _act(name, socket, timeout, functools.partial(_start, ready_port=ready_port))
 
 
 def stop(name, timeout=60, socket=None):
@@ -597,11 +630,12 @@ def stop(name, timeout=60, socket=None):
     return _act(name, socket, timeout, _stop)
 
 
-def restart(name, timeout=60, socket=None):
+def restart(name, timeout=60, socket=None, ready_port=None):
     """
     Stop, then start a program (or every process of a group), waiting for
-    each step as :py:func:`stop` and :py:func:`start` do (``timeout`` applies
-    to each). A stopped program is simply started. Only the named processes
+    each step as :py:func:`stop` and :py:func:`start` do (``timeout`` and
+    ``ready_port`` apply as there; ``timeout`` to each step). A stopped
+    program is simply started. Only the named processes
     are touched; supervisord itself is never restarted.
 
     Returns ``{process: {"old": {"state", "pid"}, "new": {"state", "pid"}}}``
@@ -613,7 +647,7 @@ def restart(name, timeout=60, socket=None):
 
         salt '*' supervisor_rpc.restart jupyter
     """
-    return _act(name, socket, timeout, _stop, _start)
+    return _act(name, socket, timeout, _stop, functools.partial(_start, ready_port=ready_port))
 
 
 def tail(name, stream="stderr", length=2000, socket=None):

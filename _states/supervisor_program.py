@@ -146,16 +146,16 @@ def _wait_until_reachable(socket, timeout):
             time.sleep(0.5)
 
 
-def running(name, socket=None, timeout=60):
+def running(name, socket=None, timeout=60, ready_port=None):
     """
     Make sure the program runs with the configuration supervisord reads now.
 
     First a reread: if this program's group was added, changed or removed
     in the files, only that group is updated (a changed program restarts, its
     neighbours keep their pids). Then, if it is not RUNNING, it is started and
-    the state waits until it has stayed up for its ``startsecs``. A program
-    that ends FATAL or BACKOFF fails the state, with the tail of its stderr
-    log in the comment.
+    the state waits until it has stayed up for its ``startsecs`` (or, with
+    ``ready_port``, listens there). A program that ends FATAL or BACKOFF fails
+    the state, with the tail of its stderr log in the comment.
 
     name
         The program (group) name, as in ``[program:NAME]``.
@@ -165,6 +165,11 @@ def running(name, socket=None, timeout=60):
 
     timeout
         Seconds to wait for each stop or start.
+
+    ready_port
+        The TCP port the program listens on once it is up: it counts as
+        started as soon as it listens there, without waiting out its
+        ``startsecs`` (``supervisor_rpc`` module doc). Also used on a watch.
     """
     ret = _ret(name)
     group = _group(name)
@@ -208,8 +213,12 @@ def running(name, socket=None, timeout=60):
         current = _rpc("status", name, socket=socket)
         not_running = sorted(p for p, i in current.items() if i["state"] != "RUNNING")
         if not_running:
-            _rpc("start", name, timeout=timeout, socket=socket)
-            ret["changes"]["started"] = not_running
+            # wait for every one; one supervisord was already starting (STARTING, e.g.
+            # an apply moments ago that returned once it listened) is no change of ours
+            _rpc("start", name, timeout=timeout, socket=socket, ready_port=ready_port)
+            started = [p for p in not_running if pending or current[p]["state"] != "STARTING"]
+            if started:
+                ret["changes"]["started"] = started
     except CommandExecutionError as exc:
         comment = str(exc)
         if ret["changes"].get("updated"):
@@ -219,13 +228,13 @@ def running(name, socket=None, timeout=60):
     _add_pids(ret, name, socket, before)
     if ret["changes"]:
         _remember(group, "updated" if pending else "started")
-        ret["comment"] = _running_comment(name, group, pending, ret["changes"])
+        ret["comment"] = _running_comment(name, group, pending, ret["changes"], ready_port)
     else:
         ret["comment"] = "{} is already running and up to date".format(name)
     return ret
 
 
-def _running_comment(name, group, pending, changes):
+def _running_comment(name, group, pending, changes, ready_port):
     parts = []
     if pending == "added":
         parts.append("added group {} to supervisord".format(group))
@@ -233,12 +242,13 @@ def _running_comment(name, group, pending, changes):
         parts.append("updated group {} (its configuration changed)".format(group))
     if changes.get("started"):
         parts.append("started {}".format(", ".join(changes["started"])))
-    return "{}: {}; now RUNNING".format(name, ", ".join(parts))
+    now = "listening on port {}".format(ready_port) if ready_port else "RUNNING"
+    return "{}: {}; now {}".format(name, ", ".join(parts), now)
 
 
 def _predict_running(ret, name, group, pending, before):
     ret["result"] = None
-    not_running = sorted(p for p, i in before.items() if i["state"] != "RUNNING")
+    not_running = sorted(p for p, i in before.items() if i["state"] not in ("RUNNING", "STARTING"))
     if pending == "added":
         ret["changes"] = {"updated": "added", "started": [name]}
         ret["comment"] = "group {} would be added to supervisord and {} started".format(
@@ -401,7 +411,7 @@ def _absent_comment(ret, text):
     return "{} {}; {}".format(verb, removed, text)
 
 
-def mod_watch(name, sfun=None, socket=None, timeout=60, **kwargs):
+def mod_watch(name, sfun=None, socket=None, timeout=60, ready_port=None, **kwargs):
     """
     Called by Salt when a state that ``running`` watches changed and
     ``running`` itself changed nothing: restart the program, exactly once.
@@ -433,7 +443,7 @@ def mod_watch(name, sfun=None, socket=None, timeout=60, **kwargs):
             ret["comment"] = "{} would be restarted (pids {})".format(name, _pids(before))
             _remember(group, "restarted")
             return ret
-        _rpc("restart", name, timeout=timeout, socket=socket)
+        _rpc("restart", name, timeout=timeout, socket=socket, ready_port=ready_port)
         ret["changes"]["restarted"] = sorted(before)
     except CommandExecutionError as exc:
         return _failed(ret, str(exc), name, socket, before)

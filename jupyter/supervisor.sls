@@ -41,6 +41,8 @@ def run():
                 {"name": sup["program"]},
                 {"socket": sup["socket"]},
                 {"timeout": sup["startsecs"] + 60},
+                # Jupyter opens its port last: up then, not only after startsecs
+                {"ready_port": s["server"]["port"]},
                 {
                     "require": [
                         {"jupyter_service": "jupyter-supervisor-service"},

@@ -8,6 +8,7 @@ state's ``__salt__`` maps to the execution module's real functions.
 
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import time
@@ -380,3 +381,57 @@ def test_unknown_program_is_named(salt, daemon):
             call("nope", socket=daemon.socket)
     ret = salt.states.running("nope", socket=daemon.socket)
     assert ret["result"] is False and "'nope'" in ret["comment"], ret
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def listener(port, delay=0.3):
+    """A program that opens `port` after `delay` seconds, then stays up."""
+    return (
+        '{} -c "import socket, time; time.sleep({}); s = socket.socket(); '
+        "s.bind(('127.0.0.1', {})); s.listen(); time.sleep(600)\"".format(PYTHON, delay, port)
+    )
+
+
+def test_ready_port_counts_as_started_before_startsecs(salt, daemon):
+    port = free_port()
+    daemon.write_program("server", listener(port), startsecs=60, autostart="false")
+    daemon.start()
+    ret = salt.states.running("server", socket=daemon.socket, ready_port=port, timeout=50)
+    assert ret["result"] is True, ret
+    assert "listening on port {}".format(port) in ret["comment"], ret
+    # supervisord still waits out its 60 startsecs: the state did not
+    assert salt.rpc.status("server", socket=daemon.socket)["server"]["state"] == "STARTING"
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+    # an apply moments later (still STARTING) changes nothing
+    salt.states.__context__.clear()
+    again = salt.states.running("server", socket=daemon.socket, ready_port=port, timeout=50)
+    assert again["result"] is True and again["changes"] == {}, again
+    # the next run: a watch restarts it and is done as soon as the new process listens
+    salt.states.__context__.clear()
+    old = pid(daemon, "server")
+    ret = salt.states.mod_watch("server", sfun="running", socket=daemon.socket,
+                                ready_port=port, timeout=50)
+    assert ret["result"] is True and ret["changes"]["restarted"] == ["server"], ret
+    info = salt.rpc.status("server", socket=daemon.socket)["server"]
+    assert info["state"] == "STARTING" and info["pid"] != old
+
+
+def test_ready_port_held_by_another_process_is_not_ready(salt, daemon):
+    """Only the program's own socket counts: a port taken by someone else makes
+    the program fail to bind, and the state fails, naming the error."""
+    port = free_port()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        daemon.write_program("server", listener(port, delay=0.5), startsecs=2,
+                             autostart="false", startretries=0)
+        daemon.start()
+        ret = salt.states.running("server", socket=daemon.socket, ready_port=port, timeout=30)
+    assert ret["result"] is False, ret
+    assert "Address already in use" in ret["comment"], ret

@@ -85,7 +85,7 @@ class FakeRpc:
         p["pid"] = self.next_pid
         self.procs[self.spec(p)] = p
 
-    def _start(self, name, timeout=60, socket=None):
+    def _start(self, name, timeout=60, socket=None, ready_port=None):
         for p in self._select(name).values():
             if p["state"] != "RUNNING":
                 if p["state"] != "STARTING":
@@ -99,7 +99,7 @@ class FakeRpc:
             p["state"], p["pid"] = "STOPPED", None
         return {}
 
-    def _restart(self, name, timeout=60, socket=None):
+    def _restart(self, name, timeout=60, socket=None, ready_port=None):
         self._stop(name)
         return self._start(name)
 
