@@ -34,6 +34,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -159,10 +160,22 @@ def salt_apply_seconds(dep, sls):
     return elapsed
 
 
+@contextlib.contextmanager
+def noop_sls_served(dep):
+    """bench/noop.sls in the deployment's file roots, where deploy.sh links the formula only."""
+    link = Path(dep.etc) / "file_roots" / "bench"
+    link.symlink_to(REPO / "bench")
+    try:
+        yield
+    finally:
+        link.unlink()
+
+
 def measure_noop_apply(dep, reps=9):
-    base, subj = interleave(
-        reps, lambda: salt_apply_seconds(dep, "bench.noop"), lambda: salt_apply_seconds(dep, "jupyter")
-    )
+    with noop_sls_served(dep):
+        base, subj = interleave(
+            reps, lambda: salt_apply_seconds(dep, "bench.noop"), lambda: salt_apply_seconds(dep, "jupyter")
+        )
     return [
         Row("1", "no-op re-apply: state.apply jupyter vs bench.noop (test.nop)",
             secs(median(base)), secs(median(subj)), median(subj) / median(base), 4,
@@ -200,6 +213,47 @@ def measure_status_latency(direct, nginx, reps=2000):
         b, s = percentile(base, pct), percentile(subj, pct)
         rows.append(Row("3", f"GET /api/status p{pct}: via nginx vs straight", ms(b), ms(s), s / b, 1.15,
                         f"{reps} each", {"baseline": base, "subject": subj} if pct == 50 else {}))
+    return rows
+
+
+WRK_PAUSE_SCRIPT = "function delay() return {} end\n"  # wrk's hook: ms to wait before each request
+
+
+def wrk_percentiles(client, seconds, pause_ms):
+    """(p50, p99) in seconds of GET /api/status from wrk on one connection, one request
+    at a time, with pause_ms between requests (wrk's Lua delay hook)."""
+    cookie = "; ".join(f"{c.name}={c.value}" for c in client.session.cookies)
+    cmd = ["wrk", "-t1", "-c1", f"-d{seconds}s", "--latency", "-H", f"Cookie: {cookie}"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        if pause_ms:
+            script.write(WRK_PAUSE_SCRIPT.format(pause_ms))
+            script.flush()
+            cmd += ["-s", script.name]
+        out = subprocess.run(cmd + [client.url("api/status")], capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"wrk got errors from {client.url('api/status')}:\n{out}")
+    found = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    return wrk_seconds(found["50"]), wrk_seconds(found["99"])
+
+
+def wrk_seconds(text):
+    """wrk prints 394.00us, 1.07ms, 1.20s."""
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
+
+
+def measure_status_latency_wrk(direct, nginx, runs=4, seconds=3):
+    """Row 3 again with a C client (wrk), to separate nginx's own work from the cost of
+    waking an idle process: back to back, then with a 1 ms pause before each request."""
+    rows = []
+    for pause_ms, how in ((0, "back to back"), (1, "1 ms pause before each request")):
+        base, subj = interleave(runs, lambda: wrk_percentiles(direct, seconds, pause_ms),
+                                lambda: wrk_percentiles(nginx, seconds, pause_ms), warmup=0)
+        b50, s50 = median([b[0] for b in base]), median([s[0] for s in subj])
+        b99, s99 = median([b[1] for b in base]), median([s[1] for s in subj])
+        rows.append(Row("3", f"the same p50 from wrk (C client, one connection), {how}", ms(b50), ms(s50),
+                        s50 / b50, None, f"{runs} x {seconds} s each; p99 {ms(s99)} vs {ms(b99)}",
+                        {"baseline": [b[0] for b in base], "subject": [s[0] for s in subj]}))
     return rows
 
 
@@ -305,6 +359,7 @@ def host_rows(rows, reps):
             direct, nginx = clients(dep, password)
             for row, what, fn, args in (
                 (3, "GET /api/status latency", measure_status_latency, (reps.get(3, 2000),)),
+                (3, "GET /api/status latency (wrk)", measure_status_latency_wrk, ()),
                 (4, "websocket execute round trip", measure_websocket_execute, (reps.get(4, 150), reps.get(4, 100))),
                 (5, "50 MB upload", measure_upload, (reps.get(5, 7),)),
             ):

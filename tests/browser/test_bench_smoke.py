@@ -37,6 +37,7 @@ def test_host_measurements_return_positive_figures(bench, site):
     rows = positive(bench.measure_noop_apply(dep, reps=1))
     direct, nginx = bench.clients(dep, password)
     rows += positive(bench.measure_status_latency(direct, nginx, reps=5))
+    rows += positive(bench.measure_status_latency_wrk(direct, nginx, runs=1, seconds=1))
     rows += positive(bench.measure_websocket_execute(direct, nginx, reps=2, back_to_back_reps=2))
     rows += positive(bench.measure_upload(direct, nginx, reps=1, size=1_000_000))
     assert [row.row for row in rows] == ["1", "3", "3", "4", "4", "5"]
