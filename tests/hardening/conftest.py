@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from hardening.common import Hardening, base_pillar, make_certificate, new_password, remove_from_host
+from hardening.common import (
+    Hardening,
+    base_pillar,
+    make_certificate,
+    new_password,
+    remove_from_host,
+    supervisor_status,
+    wait_for,
+)
 from support.deployment import host_lock
 from support.figures import Section
 
@@ -33,6 +41,15 @@ def deployed(hardening):
         hardening.ensure_base()
         yield hardening
         hardening.ensure_base()
+
+
+@pytest.fixture(autouse=True)
+def settled(request):
+    """A test that uses the deployment starts with Jupyter past supervisor's startsecs:
+    an apply returns as soon as Jupyter listens, while supervisor still says STARTING."""
+    if "deployed" in request.fixturenames:
+        request.getfixturevalue("deployed")
+        wait_for(lambda: supervisor_status()[0] != "STARTING", 30)
 
 
 def pytest_collection_modifyitems(items):

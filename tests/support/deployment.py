@@ -106,10 +106,12 @@ class Deployment:
         return self.pillar.get("supervisor", {}).get("program", "jupyter")
 
     def jupyter_pid(self):
+        """The Jupyter process while it is up: RUNNING, or STARTING (an apply returns as
+        soon as Jupyter listens, supervisor says RUNNING only after its startsecs)."""
         proc = self.salt_call("supervisor_rpc.status", self.program, "--out=json")
         status = json.loads(proc.stdout)["local"]
         (info,) = status.values()
-        return info["pid"] if info["state"] == "RUNNING" else None
+        return info["pid"] if info["state"] in ("RUNNING", "STARTING") else None
 
     def wait_for_jupyter(self, timeout=60):
         deadline = time.monotonic() + timeout
