@@ -213,8 +213,8 @@ def running(name, socket=None, timeout=60, ready_port=None):
         current = _rpc("status", name, socket=socket)
         not_running = sorted(p for p, i in current.items() if i["state"] != "RUNNING")
         if not_running:
-            # wait for every one; one supervisord was already starting (STARTING, e.g.
-            # an apply moments ago that returned once it listened) is no change of ours
+            # wait for each; a process supervisord was already starting (STARTING, e.g.
+            # after an apply moments ago that returned once it listened) is no change of ours
             _rpc("start", name, timeout=timeout, socket=socket, ready_port=ready_port)
             started = [p for p in not_running if pending or current[p]["state"] != "STARTING"]
             if started:
