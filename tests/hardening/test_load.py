@@ -40,9 +40,8 @@ end
 def test_64_connections_for_30s_without_errors(deployed, figures, tmp_path):
     assert shutil.which("wrk"), "wrk is not installed (test.sh installs it)"
     client = deployed.login()
-    cookie = "; ".join(f"{c.name}={c.value}" for c in client.session.cookies)
     script = tmp_path / "count.lua"  # the cookie stays off the command line
-    script.write_text(WRK_SCRIPT % json.dumps(cookie))
+    script.write_text(WRK_SCRIPT % json.dumps(client.cookie_header()))
     script.chmod(0o600)
     proc = subprocess.run(
         ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--timeout", "10s", "-s", str(script),

@@ -45,6 +45,10 @@ class JupyterClient:
         self.last_login_status = resp.status_code
         return resp.status_code == 302 and "login" not in resp.headers.get("Location", "")
 
+    def cookie_header(self):
+        """The session's cookies as one Cookie header value (for websocket and wrk)."""
+        return "; ".join(f"{c.name}={c.value}" for c in self.session.cookies)
+
     def xsrf_headers(self):
         return {"X-XSRFToken": self.session.cookies.get("_xsrf", "")}
 
@@ -70,12 +74,11 @@ class JupyterClient:
 
     def open_channels(self, kernel_id):
         session_id = uuid.uuid4().hex
-        cookies = "; ".join(f"{c.name}={c.value}" for c in self.session.cookies)
         parts = urlsplit(self.base)
         sslopt = {} if self.verify else {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}
         conn = websocket.create_connection(
             self.websocket_url(kernel_id, session_id),
-            cookie=cookies,
+            cookie=self.cookie_header(),
             origin=f"{parts.scheme}://{parts.netloc}",
             header=self.xsrf_headers(),
             timeout=self.timeout,
