@@ -7,9 +7,9 @@ traitlets given in ``config`` as JSON (never templated Python) and adds
 matches the pillar password (a new hash string logs every user out), made anew with
 argon2 when the password changed, or taken as is when pillar gives a hash.
 
-The plaintext is read from pillar by key inside this state, so it never travels in the
-state's arguments (which Salt shows, logs and caches); neither it nor the hash appears
-in ``changes`` or ``comment``.
+The plaintext is read inside this state (``jupyter.settings`` with its secrets, for the
+instance named), so it never travels in the state's arguments (which Salt shows, logs
+and caches); neither it nor the hash appears in ``changes`` or ``comment``.
 """
 
 import copy
@@ -18,8 +18,6 @@ import json
 import os
 import pwd
 import tempfile
-
-import salt.utils.data
 
 __virtualname__ = "jupyter_config"
 
@@ -47,9 +45,10 @@ def _existing_hash(current):
         return None
 
 
-def _pillar(key):
-    # __pillar__ rather than pillar.get, which Salt 3008 redacts outside renderers
-    return salt.utils.data.traverse_dict_and_list(__pillar__, key, None, ":") or None
+def _secrets(instance):
+    """The instance's password or given hash, from the settings with their secrets."""
+    inst = __salt__["jupyter.settings"](reveal_secrets=True)["instances"][instance]
+    return inst.get("password") or None, inst.get("hashed_password") or None
 
 
 def _changed_traits(old, new):
@@ -90,8 +89,7 @@ def _write_atomically(path, text, uid, gid, mode):
 def managed(
     name,
     config=None,
-    password_pillar="jupyter:password",
-    hashed_password_pillar="jupyter:hashed_password",
+    instance="jupyter",
     python=None,
     user="root",
     group=None,
@@ -103,10 +101,10 @@ def managed(
     config
         Traitlets as ``{Class: {trait: value}}``.
 
-    password_pillar / hashed_password_pillar
-        Pillar keys of the plaintext password or of a ready argon2 hash. The
-        plaintext is hashed on the minion; an existing hash that still matches it is
-        kept byte for byte.
+    instance
+        The instance (``jupyter.settings`` ``instances``) whose password or ready
+        argon2 hash goes in. The plaintext is hashed on the minion; an existing hash
+        that still matches it is kept byte for byte.
 
     python
         The Jupyter virtualenv's Python, used for argon2 when Salt's Python has no
@@ -136,10 +134,9 @@ def managed(
 
     current = _read_json(name)
     old_hash = _existing_hash(current)
-    given_hash = _pillar(hashed_password_pillar)
-    password = _pillar(password_pillar)
+    password, given_hash = _secrets(instance)
     if not given_hash and not password:
-        ret.update(result=False, comment=f"Neither {password_pillar} nor {hashed_password_pillar} is set")
+        ret.update(result=False, comment=f"instance {instance} has neither a password nor a hashed_password")
         return ret
 
     if given_hash:
@@ -183,6 +180,15 @@ def managed(
     _write_atomically(name, text, uid, gid, mode)
     ret.update(changes=changes, comment=f"{name} updated")
     return ret
+
+
+def warning(name, comment):
+    """
+    Succeed with ``comment`` as a warning: what the formula renders where it cannot do
+    what pillar asks and must say so rather than pretend (limits on a host that cannot
+    enforce them).
+    """
+    return {"name": name, "result": True, "changes": {}, "comment": comment, "warnings": [comment]}
 
 
 def invalid_pillar(name, comment):

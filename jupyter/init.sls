@@ -4,3 +4,5 @@ include:
   - jupyter.config
   - jupyter.supervisor
   - jupyter.nginx
+  - jupyter.removed
+  - jupyter.record

@@ -1,7 +1,7 @@
 #!py
-"""The server's account, its notebook directory, the virtualenv and its pip packages."""
-
-import os
+"""The servers' accounts, their notebook directories and their virtualenvs: each venv
+built once for what is in it (instances with the same packages share it), then made
+live for each instance after a candidate server from it passed its checks."""
 
 from salt.exceptions import SaltInvocationError
 
@@ -9,52 +9,65 @@ from salt.exceptions import SaltInvocationError
 def run():
     try:
         s = __salt__["jupyter.settings"]()
-    except SaltInvocationError as exc:  # a bad pillar: fail before anything changes
-        return {"jupyter-package-pillar": {"jupyter_config.invalid_pillar": [{"comment": str(exc)}]}}
-    pip = s["pip"]
-    # test=True on a fresh host: pip cannot look into a virtualenv that does not exist
-    # yet (Salt fails the state); the venv state already predicts its creation.
-    fresh_test = __opts__["test"] and not os.path.exists(s["venv"] + "/bin/pip")
-    return {
+    except SaltInvocationError:
+        return {"include": ["jupyter.invalid_pillar"]}
+    states = {
+        "include": ["jupyter.config"],
         "jupyter-package-python": {"pkg.installed": [{"pkgs": s["python_packages"]}]},
-        "jupyter-package-user": {
-            "user.present": [
-                {"name": s["user"]},
-                {"home": s["home"]},
-                {"shell": s["shell"]},
-                {"usergroup": s["group"] == s["user"]},
-                {"system": True},
-                {"createhome": True},
-            ]
-        },
-        "jupyter-package-root-dir": {
+    }
+    account_of = {}  # user -> the state that makes the account (instances may share one)
+    for name, inst in sorted(s["instances"].items()):
+        user, sid = inst["user"], inst["sid"]
+        if user not in account_of:
+            account_of[user] = f"jupyter-package-user{sid}"
+            states[account_of[user]] = {
+                "jupyter_account.present": [
+                    {"name": user},
+                    {"home": inst["home"]},
+                    {"shell": inst["shell"]},
+                    {"group": inst["group"]},
+                    {"config_file": inst["config_file"]},
+                    {"record": f"{s['state_dir']}/accounts.json"},
+                ]
+            }
+        # the parent of the notebooks: made if missing (root, 0755: each user reaches
+        # only their own directory), never changed when it exists
+        parent = inst["root_dir"].rsplit("/", 1)[0] or "/"
+        states.setdefault(f"jupyter-package-root-parent-{parent}", {
+            "file.directory": [{"name": parent}, {"makedirs": True}]
+        })
+        states[f"jupyter-package-root-dir{sid}"] = {
             "file.directory": [
-                {"name": s["root_dir"]},
-                {"user": s["user"]},
-                {"group": s["group"]},
+                {"name": inst["root_dir"]},
+                {"user": user},
+                {"group": inst["group"]},
                 {"mode": "0750"},
                 {"makedirs": True},
-                {"require": [{"user": "jupyter-package-user"}]},
+                {"require": [{"jupyter_account": account_of[user]}, {"file": f"jupyter-package-root-parent-{parent}"}]},
             ]
-        },
-        # root owns the virtualenv: the server's user can run it, not change it
-        "jupyter-package-venv": {
-            "virtualenv.managed": [
-                {"name": s["venv"]},
-                {"venv_bin": s["python"]},
+        }
+    for venv_id, venv in sorted(s["venvs"].items()):
+        states[f"jupyter-package-venv-{venv_id}"] = {
+            "jupyter_venv.built": [
+                {"name": venv["dir"]},
+                {"instance": venv["instances"][0]},
                 {"require": [{"pkg": "jupyter-package-python"}]},
             ]
-        },
-        "jupyter-package-pip": {
-            "pip.installed": [
-                {"pkgs": s["packages"]},
-                {"bin_env": s["venv"]},
-                {"index_url": pip["index_url"]},
-                {"extra_index_url": " ".join(pip["extra_index_urls"]) or None},
-                {"trusted_host": " ".join(pip["trusted_hosts"]) or None},
-                {"proxy": pip["proxy"]},
-                {"require": [{"virtualenv": "jupyter-package-venv"}]},
+        }
+    for name, inst in sorted(s["instances"].items()):
+        sid = inst["sid"]
+        # the switch: the program watches it and restarts once
+        states[f"jupyter-package-venv{sid}"] = {
+            "jupyter_venv.live": [
+                {"name": inst["venv"]},
+                {"instance": name},
+                {
+                    "require": [
+                        {"jupyter_venv": f"jupyter-package-venv-{inst['venv_id']}"},
+                        {"jupyter_config": f"jupyter-config-file{sid}"},
+                        {"file": f"jupyter-package-root-dir{sid}"},
+                    ]
+                },
             ]
-            + ([{"onlyif": "false"}] if fresh_test else []),
-        },
-    }
+        }
+    return states

@@ -1,0 +1,64 @@
+#!py
+"""The reverse of jupyter.supervisor (and of jupyter.removed): every program the formula
+runs or ran, its program file, logs, slice or limits runner, supervisor's drop-in;
+supervisor itself only with clean:packages."""
+
+import glob
+
+from salt.exceptions import SaltInvocationError
+
+SYSTEMD_DIR = "/etc/systemd/system"
+LIMITS_RUNNER = "/usr/local/libexec/jupyter-formula/jupyter-limits-runner"
+
+
+def run():
+    try:
+        s = __salt__["jupyter.settings"](require_password=False)
+    except SaltInvocationError:
+        return {"include": ["jupyter.invalid_pillar"]}
+    sup = s["supervisor"]
+    deployed = s["deployed"]
+    states, files = {}, [
+        f"{SYSTEMD_DIR}/{sup['service']}.service.d/jupyter-formula.conf",
+        LIMITS_RUNNER,
+    ]
+    programs = []
+    for program, inst in sorted(deployed.items()):
+        sid = f"jupyter-clean-supervisor-program-{program}"
+        programs.append({"supervisor_program": sid})
+        states[sid] = {
+            "supervisor_program.absent": [
+                {"name": program},
+                {"conf_file": inst["program_file"]},
+                {"socket": sup["socket"]},
+                {"onlyif": f"test -S {sup['socket']}"},
+            ]
+        }
+        for log in inst["log_files"]:
+            files += [log] + sorted(glob.glob(f"{glob.escape(log)}.[0-9]*"))
+        if (inst.get("limits_enforcement") or {}).get("slice"):
+            files.append(f"{SYSTEMD_DIR}/{inst['limits_enforcement']['slice']}")
+        # the program file too, when supervisord was not running to take it away
+        files.append(inst["program_file"])
+    for path in files:
+        states[f"jupyter-clean-supervisor-{path}"] = {
+            "file.absent": [{"name": path}, {"require": programs}]
+        }
+    units = [{"file": f"jupyter-clean-supervisor-{p}"} for p in files if p.startswith(SYSTEMD_DIR)]
+    states["jupyter-clean-supervisor-systemd-reload"] = {
+        "cmd.run": [{"name": "systemctl daemon-reload"}, {"onlyif": "test -d /run/systemd/system"},
+                    {"onchanges": units}]
+    }
+    for log_dir in sorted({inst["supervisor"]["log_dir"] for inst in s["instances"].values()}):
+        states[f"jupyter-clean-supervisor-log-dir-{log_dir}"] = {
+            "cmd.run": [
+                {"name": f"rmdir {log_dir}"},
+                {"onlyif": f'test -d {log_dir} && test -z "$(ls -A {log_dir})"'},
+                {"require": [{"file": f"jupyter-clean-supervisor-{p}"} for p in files]},
+            ]
+        }
+    if s["clean"]["packages"]:
+        states["jupyter-clean-supervisor-package"] = {
+            "pkg.purged": [{"name": sup["package"]}, {"require": programs}]
+        }
+    return states
