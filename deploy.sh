@@ -85,6 +85,8 @@ pillar_roots:
     - $etc/pillar
 # one cache per config dir, so that deployments with separate configs never share one
 cachedir: /var/cache/jupyter-formula/$(echo "$etc" | tr / _)
+# Salt's default is one shared folder for every config dir, whatever cachedir says
+extension_modules: /var/cache/jupyter-formula/$(echo "$etc" | tr / _)/extmods
 state_verbose: False
 # the level in front: deploy.sh shows progress from the INFO lines, the rest as it is
 log_fmt_console: '%(levelname)s %(message)s'

@@ -38,15 +38,41 @@ Ready
     started at once, which is sooner for a server that opens its port at the
     end of its start-up. A crash after that is supervisord's to retry.
 
+Stale instances
+    A program whose supervisord died hard (SIGKILL, OOM killer) lives on,
+    orphaned, holding its port; the next supervisord cannot start it there.
+    With ``ready_port``, :py:func:`start` and :py:func:`restart` look at who
+    holds that port before starting a process that is not RUNNING, and again
+    after a start failed. A holder is a stale instance of the program (a
+    "twin") only when all of these hold:
+
+    - it is not the process supervisord runs for the program now (nor one of
+      its children);
+    - its environment has ``SUPERVISOR_PROCESS_NAME`` and
+      ``SUPERVISOR_GROUP_NAME`` of this program, and ``SUPERVISOR_SERVER_URL``
+      naming this supervisord's socket (or the program's ``serverurl``);
+    - its command line is the program's configured command, or the part of it
+      after the last ``--`` (wrappers that exec the real command, such as
+      ``systemd-run --scope ... -- setpriv ... -- jupyter-lab ...``); for a
+      script, as the kernel shows it: the ``#!`` interpreter, then the script.
+
+    A twin is stopped as supervisord stops a program (its process group: the
+    program's ``stopsignal``, ``stopwaitsecs``, then SIGKILL) and the program
+    is started; the result names it under ``stale``. Any other holder is never
+    touched: a start that then fails says who holds the port (pid, user,
+    command). :py:func:`port_holders` shows the verdict without acting.
+
 Failures (supervisord down, unknown program, a start or stop that did not get
 where it should) raise ``CommandExecutionError`` with a message that says what
 happened; never a made-up status.
 """
 
-import functools
 import http.client
 import logging
 import os
+import shlex
+import shutil
+import signal
 import socket as _socket_mod
 import time
 import xmlrpc.client
@@ -69,6 +95,8 @@ DEFAULT_SOCKETS = (
 # (``wait=False``): waiting is done here, by polling, under the caller's timeout.
 RPC_TIMEOUT = 30
 POLL_INTERVAL = 0.1
+# after SIGKILL, and for the port to be free once its holder is gone
+KILL_GRACE = 10
 TAIL_BYTES = 2000
 TAIL_LINES = 20
 
@@ -375,7 +403,303 @@ def _listening(pid, port):
     return False
 
 
-def _start(sv, targets, timeout, ready_port=None):
+# --- stale instances (see the module doc) ------------------------------------
+
+
+def _gone(proc):
+    """Whether a psutil process has ended (a zombie holds no port any more)."""
+    try:
+        # is_running() is False too when the pid now names another process
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return True
+    except psutil.AccessDenied:
+        return False
+
+
+def _tree(pid):
+    """pid and its descendants; empty for no pid or a process that is gone."""
+    if not pid:
+        return set()
+    try:
+        proc = psutil.Process(pid)
+        return {pid} | {child.pid for child in proc.children(recursive=True)}
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return set()
+
+
+def _listeners(port):
+    """pids listening on TCP ``port`` (any address, v4 or v6); None: not visible."""
+    return {
+        conn.pid
+        for conn in psutil.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr[1] == port
+    }
+
+
+def _shebang(filename):
+    """The interpreter argv of a ``#!`` script, as the kernel builds it, or None."""
+    try:
+        with open(filename, "rb") as f:
+            line = f.readline(256)
+    except OSError:
+        return None
+    if not line.startswith(b"#!"):
+        return None
+    # the kernel: interpreter up to the first blank, the rest is ONE argument
+    interp, _, arg = line[2:].strip().decode(errors="replace").partition(" ")
+    interp, arg = interp.strip(), arg.strip()
+    if not interp:
+        return None
+    return [interp, arg] if arg else [interp]
+
+
+def _exec_views(argv, path):
+    """
+    The command lines that exec of ``argv`` leaves in /proc: argv itself and,
+    for a script, its interpreter (``#!``) followed by the script's file name.
+    ``path`` is the PATH the program name is looked up in.
+    """
+    views = [argv]
+    filename = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=path)
+    interp = _shebang(filename) if filename and os.path.isabs(filename) else None
+    if interp:
+        views.append(interp + [filename] + argv[1:])
+        if os.path.basename(interp[0]) == "env" and len(interp) == 2:
+            # `#!/usr/bin/env python3`: env execs python3 in its turn
+            views.append([interp[1], filename] + argv[1:])
+    return views
+
+
+def _command_views(command, path):
+    """Command lines a process started for ``command`` can have (module doc)."""
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return []
+    if not argv:
+        return []
+    forms = [argv]
+    if "--" in argv:
+        after = argv[len(argv) - argv[::-1].index("--"):]
+        if after:
+            forms.append(after)
+    return [view for form in forms for view in _exec_views(form, path)]
+
+
+def _server_urls(sv, config):
+    """The SUPERVISOR_SERVER_URL values that name this supervisord."""
+    urls = {"unix://" + sv.path, "unix://" + os.path.realpath(sv.path)}
+    if config.get("serverurl") not in (None, "", "none", "auto"):
+        urls.add(config["serverurl"])
+    return urls
+
+
+def _same_server(url, urls):
+    if url in urls:
+        return True
+    # /var/run/supervisor.sock and /run/supervisor.sock are one socket
+    return bool(url and url.startswith("unix://")) and "unix://" + os.path.realpath(
+        url[len("unix://"):]
+    ) in urls
+
+
+def _twin_verdict(sv, holder, config):
+    """None when ``holder`` is a stale instance of ``config``'s process, else why not."""
+    env = holder["environ"]
+    if env is None:
+        return "its environment cannot be read"
+    spec = _namespec(config)
+    for key, wanted in (
+        ("SUPERVISOR_PROCESS_NAME", config["name"]),
+        ("SUPERVISOR_GROUP_NAME", config["group"]),
+    ):
+        if env.get(key) != wanted:
+            return "its {} is {!r}, not {!r} ({})".format(key, env.get(key), wanted, spec)
+    url = env.get("SUPERVISOR_SERVER_URL")
+    if not _same_server(url, _server_urls(sv, config)):
+        return "its SUPERVISOR_SERVER_URL {!r} is not this supervisord ({})".format(
+            url, sv.path
+        )
+    if holder["cmdline"] not in _command_views(config["command"], env.get("PATH")):
+        return "its command line is not {}'s command {!r}".format(spec, config["command"])
+    return None
+
+
+def _holder(pid):
+    """What is known of a listening process: pid, user, command line, environment."""
+    found = {"pid": pid, "user": None, "cmdline": None, "environ": None}
+    if pid is None:
+        return found
+    try:
+        proc = psutil.Process(pid)
+        found["proc"] = proc
+        with proc.oneshot():
+            found["user"] = proc.username()
+            found["cmdline"] = proc.cmdline()
+            found["environ"] = proc.environ()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:
+        pass
+    return found
+
+
+def _holder_text(holder):
+    if holder["pid"] is None:
+        return "a process this user cannot see"
+    return "pid {} (user {}): {}".format(
+        holder["pid"],
+        holder["user"] or "unknown",
+        shlex.join(holder["cmdline"]) if holder["cmdline"] else "(command unknown)",
+    )
+
+
+def _configs(sv, infos):
+    """The configuration (``getAllConfigInfo``) of each of ``infos``, by spec."""
+    try:
+        every = sv.call("getAllConfigInfo")
+    except xmlrpc.client.Fault as exc:
+        raise sv.fault(exc, "report its program configuration")
+    wanted = {_namespec(i) for i in infos}
+    return {_namespec(c): c for c in every if _namespec(c) in wanted}
+
+
+def _port_holders(sv, infos, port):
+    """
+    Who listens on ``port`` besides the processes ``infos`` (and their
+    children): ``[{pid, user, cmdline, environ, twin_of, why}]``; ``twin_of``
+    is the spec of the process it is a stale instance of, else None and
+    ``why`` says why not.
+    """
+    specs = {_namespec(i) for i in infos}
+    ours = set()
+    for info in sv.infos():  # fresh pids: the ones in ``infos`` may be old
+        if _namespec(info) in specs:
+            ours |= _tree(info["pid"])
+    pids = _listeners(port) - ours
+    if not pids:
+        return []
+    configs = _configs(sv, infos)
+    holders = []
+    for pid in sorted(pids, key=lambda p: (p is None, p)):
+        holder = _holder(pid)
+        if holder is None:  # ended meanwhile
+            continue
+        holder["twin_of"], reasons = None, []
+        for spec, config in sorted(configs.items()):
+            why = _twin_verdict(sv, holder, config) if pid is not None else "unknown pid"
+            if why is None:
+                holder["twin_of"] = spec
+                break
+            reasons.append(why)
+        holder["why"] = None if holder["twin_of"] else "; ".join(reasons)
+        holders.append(holder)
+    return holders
+
+
+def _signal_group(proc, sig):
+    """
+    Signal the twin's process group, as supervisord does with stopasgroup:
+    supervisord made each program a group leader (setpgrp), so the group is
+    the program and its children. A process that is not a group leader is
+    signalled alone: its group is not ours to judge. Nothing is sent once the
+    twin is gone (its pid may name another process by then).
+    """
+    if _gone(proc):
+        return
+    pid = proc.pid
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_gone(procs, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in procs if not _gone(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(POLL_INTERVAL)
+
+
+def _stop_twins(sv, twins, port, configs):
+    """
+    Stop stale instances as supervisord would stop their program: stopsignal
+    to the process group, up to stopwaitsecs, then SIGKILL; then wait until
+    none of them listens on ``port``. Returns what was stopped.
+    """
+    stopped = []
+    for twin in twins:
+        config = configs[twin["twin_of"]]
+        proc = twin["proc"]
+        sig = signal.Signals(int(config.get("stopsignal") or signal.SIGTERM))
+        log.warning(
+            "supervisor_rpc: stopping a stale instance of %s holding port %s: %s",
+            twin["twin_of"], port, _holder_text(twin),
+        )
+        _signal_group(proc, sig)
+        used = sig.name[3:]
+        if _wait_gone([proc], int(config.get("stopwaitsecs") or 10)):
+            _signal_group(proc, signal.SIGKILL)
+            used = "KILL"
+            if _wait_gone([proc], KILL_GRACE):
+                raise CommandExecutionError(
+                    "could not stop the stale instance of {} on port {}, {}: it "
+                    "survived SIGKILL".format(twin["twin_of"], port, _holder_text(twin))
+                )
+        stopped.append(
+            {
+                "pid": twin["pid"],
+                "user": twin["user"],
+                "command": shlex.join(twin["cmdline"]),
+                "signal": used,
+                "stopped": True,
+                "process": twin["twin_of"],
+            }
+        )
+    pids = {t["pid"] for t in twins}
+    deadline = time.monotonic() + KILL_GRACE
+    while _listeners(port) & pids:
+        if time.monotonic() >= deadline:
+            raise CommandExecutionError(
+                "port {} is still held after stopping the stale instance(s) {} of "
+                "{}".format(port, sorted(pids), ", ".join(sorted(configs)))
+            )
+        time.sleep(POLL_INTERVAL)
+    return stopped
+
+
+def _heal(sv, infos, port, stale):
+    """
+    Stop every stale instance of ``infos``' processes that holds ``port``
+    (added to ``stale``, by spec). Returns the holders left alone.
+    """
+    holders = _port_holders(sv, infos, port)
+    twins = [h for h in holders if h["twin_of"]]
+    if twins:
+        for record in _stop_twins(sv, twins, port, _configs(sv, infos)):
+            stale.setdefault(record.pop("process"), []).append(record)
+    return [h for h in holders if not h["twin_of"]]
+
+
+def _foreign_text(port, foreign):
+    return "port {} is held by {}, not an instance of this program: left alone".format(
+        port,
+        "; ".join(
+            "{} ({})".format(_holder_text(h), h["why"]) for h in foreign
+        ),
+    )
+
+
+# --- start and stop ------------------------------------------------------------
+
+
+def _start(sv, targets, timeout, ready_port=None, stale=None):
     """
     Start the processes ``targets`` (infos) and wait until each is RUNNING,
     which supervisord grants once a process has stayed up for its startsecs,
@@ -385,9 +709,37 @@ def _start(sv, targets, timeout, ready_port=None):
     (BACKOFF, EXITED, FATAL) has failed, as for ``supervisorctl start``. A
     process supervisord was already starting (autostart after an update, a
     retry in BACKOFF) is left to finish: it fails when it ends FATAL.
+
+    With ``ready_port``, stale instances holding it are stopped first, and
+    once more after a failed start (see the module doc); ``stale`` collects
+    them by spec.
     """
     specs = [_namespec(i) for i in targets]
     started = set()
+    healed_after_failure = set()
+    stale = {} if stale is None else stale
+    if ready_port:
+        waiting = [i for i in targets if i["statename"] != "RUNNING"]
+        if waiting:
+            _heal(sv, waiting, ready_port, stale)
+
+    def failed(info):
+        """The reason a start failed, or False when a stale instance was removed."""
+        spec = _namespec(info)
+        if not ready_port:
+            return "start failed"
+        if spec not in healed_after_failure:
+            healed_after_failure.add(spec)
+            before = len(stale.get(spec, ()))
+            foreign = _heal(sv, [info], ready_port, stale)
+            if len(stale.get(spec, ())) > before:
+                started.discard(spec)  # start it again, now that the port is free
+                return False
+        else:
+            foreign = [h for h in _port_holders(sv, [info], ready_port) if not h["twin_of"]]
+        if foreign:
+            return "start failed: " + _foreign_text(ready_port, foreign)
+        return "start failed"
 
     def step(info):
         spec = _namespec(info)
@@ -397,11 +749,11 @@ def _start(sv, targets, timeout, ready_port=None):
         if state == "STARTING":
             return bool(ready_port and info["pid"] and _listening(info["pid"], ready_port))
         if state == "BACKOFF":
-            return "start failed" if spec in started else False
+            return failed(info) if spec in started else False
         if state == "STOPPING":
             return False  # start it once it has stopped
         if spec in started or state == "UNKNOWN":
-            return "start failed"
+            return failed(info)
         # STOPPED, EXITED, FATAL: start it
         return _ask(sv, "startProcess", spec, _ALREADY_STARTED, started)
 
@@ -426,21 +778,29 @@ def _stop(sv, targets, timeout):
     return _wait(sv, specs, timeout, step, "STOPPED")
 
 
-def _act(name, socket, timeout, *steps):
+def _act(name, socket, timeout, stop=False, start=False, ready_port=None):
     """
-    Run ``steps`` (``_stop``, ``_start``) in turn on the processes ``name``
-    selects; returns {spec: {"old": {state, pid}, "new": {state, pid}}}.
+    Stop and/or start the processes ``name`` selects; returns
+    {spec: {"old": {state, pid}, "new": {state, pid}}}, plus "stale": [...]
+    for a process whose stale instances were stopped.
     """
     sv = _Supervisord(socket)
     targets = sv.select(name)
     before = {_namespec(i): i for i in targets}
-    for step in steps:
-        infos = step(sv, targets, timeout)
+    stale = {}
+    if stop:
+        infos = _stop(sv, targets, timeout)
         targets = [infos[spec] for spec in before]
-    return {
+    if start:
+        infos = _start(sv, targets, timeout, ready_port, stale)
+        targets = [infos[spec] for spec in before]
+    result = {
         spec: {"old": _brief(before[spec]), "new": _brief(info)}
         for spec, info in zip(before, targets)
     }
+    for spec, records in stale.items():
+        result[spec]["stale"] = records
+    return result
 
 
 # --- public functions -------------------------------------------------------
@@ -587,12 +947,15 @@ def start(name, timeout=60, socket=None, ready_port=None):
 
     ready_port
         A TCP port: a process listening on it counts as started even while
-        supervisord still says STARTING (see the module doc).
+        supervisord still says STARTING, and a stale instance of the program
+        holding it is stopped first (see the module doc).
 
     Returns ``{process: {"old": {"state", "pid"}, "new": {"state", "pid"}}}``
-    for every selected process. If one does not get to RUNNING (it ends in
-    BACKOFF, EXITED or FATAL, or the timeout runs out) raises
-    ``CommandExecutionError`` with its state and the tail of its stderr log.
+    for every selected process, with ``"stale": [{"pid", "user", "command",
+    "signal", "stopped"}]`` for a process whose stale instances were stopped.
+    If one does not get to RUNNING (it ends in BACKOFF, EXITED or FATAL, or
+    the timeout runs out) raises ``CommandExecutionError`` with its state,
+    the tail of its stderr log, and who else holds ``ready_port``.
 
     CLI Example:
 
@@ -602,7 +965,49 @@ def start(name, timeout=60, socket=None, ready_port=None):
         salt '*' supervisor_rpc.start 'workers:*' timeout=120
         salt '*' supervisor_rpc.start jupyter ready_port=8888
     """
-    return _act(name, socket, timeout, functools.partial(_start, ready_port=ready_port))
+    return _act(name, socket, timeout, start=True, ready_port=ready_port)
+
+
+def port_holders(name, port, socket=None):
+    """
+    Who listens on TCP ``port`` besides the processes ``name`` selects (and
+    their children), and whether each is a stale instance of one of them (the
+    rules are in the module doc). Nothing is stopped: this is what
+    :py:func:`start` with ``ready_port`` would find.
+
+    name
+        ``PROGRAM``, ``GROUP:``, ``GROUP:*`` or ``GROUP:PROCESS``.
+
+    port
+        The TCP port (the program's ``ready_port``).
+
+    Returns a list, empty when nobody else listens there, of ``{"pid",
+    "user", "command", "stale", "process", "reason"}``: ``stale`` is True for
+    a stale instance of process ``process``; otherwise ``reason`` says why the
+    holder is not one (``pid`` is None for a process this user cannot see).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' supervisor_rpc.port_holders jupyter 8888
+    """
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        raise CommandExecutionError("port must be a TCP port number, not {!r}".format(port))
+    sv = _Supervisord(socket)
+    return [
+        {
+            "pid": h["pid"],
+            "user": h["user"],
+            "command": shlex.join(h["cmdline"]) if h["cmdline"] else None,
+            "stale": bool(h["twin_of"]),
+            "process": h["twin_of"],
+            "reason": h["why"],
+        }
+        for h in _port_holders(sv, sv.select(name), port)
+    ]
 
 
 def stop(name, timeout=60, socket=None):
@@ -627,7 +1032,7 @@ def stop(name, timeout=60, socket=None):
 
         salt '*' supervisor_rpc.stop jupyter
     """
-    return _act(name, socket, timeout, _stop)
+    return _act(name, socket, timeout, stop=True)
 
 
 def restart(name, timeout=60, socket=None, ready_port=None):
@@ -639,7 +1044,8 @@ def restart(name, timeout=60, socket=None, ready_port=None):
     are touched; supervisord itself is never restarted.
 
     Returns ``{process: {"old": {"state", "pid"}, "new": {"state", "pid"}}}``
-    (old: before the stop, new: after the start).
+    (old: before the stop, new: after the start; ``stale`` as for
+    :py:func:`start`).
 
     CLI Example:
 
@@ -647,7 +1053,7 @@ def restart(name, timeout=60, socket=None, ready_port=None):
 
         salt '*' supervisor_rpc.restart jupyter
     """
-    return _act(name, socket, timeout, _stop, functools.partial(_start, ready_port=ready_port))
+    return _act(name, socket, timeout, stop=True, start=True, ready_port=ready_port)
 
 
 def tail(name, stream="stderr", length=2000, socket=None):

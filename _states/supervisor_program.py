@@ -15,9 +15,17 @@ its unix socket). ``name`` is the program's group name, as in
         - watch:
           - file: jupyter-config-file
 
-What happens in one run is recorded in ``__context__``, so that a program that
-was already (re)started after the change a watcher reacts to is not restarted a
-second time by ``mod_watch``.
+One restart per run: Salt calls ``mod_watch`` only when ``running`` itself
+changed nothing (``call_chunk`` in salt/state.py), so a program that
+``running`` updated or started is not restarted again for the same watch
+(tests/functional/test_supervisor_watch.py proves it with salt-call). Use
+``watch``, not ``listen``: Salt runs a listener's ``mod_watch`` at the end of
+the run whatever the state itself did.
+
+With ``ready_port``, a stale instance of the program (left running by a
+supervisord that died hard, holding the port) is stopped before the program
+is started; a port held by anything else is never touched. The rules are in
+the ``supervisor_rpc`` module doc.
 """
 
 import os
@@ -27,7 +35,6 @@ from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "supervisor_program"
 
-_CONTEXT_KEY = "supervisor_program.acted"
 SOCKET_GRACE = 10  # seconds a just-started supervisord gets to open its socket
 
 
@@ -80,54 +87,6 @@ def _status_or_none(name, socket):
     return found or None
 
 
-# --- what happened in this run ----------------------------------------------
-# Salt runs states in order and numbers them (__run_num__ in __running__). An
-# action is stamped with the highest number finished when it happened: a
-# watched state numbered at most that changed before the action, so the action
-# already covers it.
-
-
-def _run_id():
-    return globals().get("__instance_id__")
-
-
-def _last_run_num():
-    """Highest __run_num__ finished so far; None outside Salt's state run."""
-    running = globals().get("__running__")
-    if running is None:
-        return None
-    # Salt passes frozen (immutable) mappings, not dicts
-    return max((r.get("__run_num__", -1) for r in running.values()), default=-1)
-
-
-def _remember(group, action):
-    acted = __context__.setdefault(_CONTEXT_KEY, {})
-    acted[group] = {"action": action, "after": _last_run_num(), "run": _run_id()}
-
-
-def _covering_action(group):
-    """
-    The action of this run that already (re)started ``group`` after every
-    change this watcher reacts to, or None when a restart is still due.
-    """
-    acted = (__context__.get(_CONTEXT_KEY) or {}).get(group)
-    if not acted or acted.get("run") != _run_id():
-        return None
-    low = globals().get("__low__") or {}
-    running = globals().get("__running__") or {}
-    if acted.get("after") is None:
-        return acted
-    for req_type, chunks in (low.get("__reqs__") or {}).items():
-        if not str(getattr(req_type, "value", req_type)).startswith("watch"):
-            continue
-        for chunk in chunks:
-            tag = "{0[state]}_|-{0[__id__]}_|-{0[name]}_|-{0[fun]}".format(chunk)
-            ran = running.get(tag) or {}
-            if ran.get("changes") and ran.get("__run_num__", -1) > acted["after"]:
-                return None
-    return acted
-
-
 # --- states -----------------------------------------------------------------
 
 
@@ -170,6 +129,10 @@ def running(name, socket=None, timeout=60, ready_port=None):
         The TCP port the program listens on once it is up: it counts as
         started as soon as it listens there, without waiting out its
         ``startsecs`` (``supervisor_rpc`` module doc). Also used on a watch.
+        Before a start, a stale instance of this very program holding the
+        port (orphaned when supervisord died hard) is stopped and reported in
+        ``changes['stale']``; a port held by anything else is left alone and a
+        start that fails names its holder.
     """
     ret = _ret(name)
     group = _group(name)
@@ -203,8 +166,9 @@ def running(name, socket=None, timeout=60, ready_port=None):
         before = before or {}
         if _test():
             _predict_running(ret, name, group, pending, before)
-            if ret["changes"]:
-                _remember(group, "updated" if pending else "started")
+            waiting = sorted(p for p, i in before.items() if pending or i["state"] != "RUNNING")
+            if ready_port and waiting:
+                _predict_stale(ret, name, socket, ready_port, waiting)
             return ret
 
         if pending:
@@ -215,8 +179,12 @@ def running(name, socket=None, timeout=60, ready_port=None):
         if not_running:
             # wait for each; a process supervisord was already starting (STARTING, e.g.
             # after an apply moments ago that returned once it listened) is no change of ours
-            _rpc("start", name, timeout=timeout, socket=socket, ready_port=ready_port)
-            started = [p for p in not_running if pending or current[p]["state"] != "STARTING"]
+            done = _rpc("start", name, timeout=timeout, socket=socket, ready_port=ready_port)
+            _add_stale(ret, done)
+            started = [
+                p for p in not_running
+                if pending or current[p]["state"] != "STARTING" or (done.get(p) or {}).get("stale")
+            ]
             if started:
                 ret["changes"]["started"] = started
     except CommandExecutionError as exc:
@@ -227,15 +195,45 @@ def running(name, socket=None, timeout=60, ready_port=None):
 
     _add_pids(ret, name, socket, before)
     if ret["changes"]:
-        _remember(group, "updated" if pending else "started")
         ret["comment"] = _running_comment(name, group, pending, ret["changes"], ready_port)
     else:
         ret["comment"] = "{} is already running and up to date".format(name)
     return ret
 
 
+def _add_stale(ret, done):
+    """
+    changes['stale'] from what supervisor_rpc.start/restart stopped:
+    {'pid': N, 'stopped': True, 'user': ..., 'command': ...}; 'pid' is a
+    sorted list when several processes held the port (a forking server).
+    """
+    records = [r for spec in sorted(done) for r in (done[spec] or {}).get("stale", ())]
+    if not records:
+        return
+    pids = sorted(r["pid"] for r in records)
+    ret["changes"]["stale"] = {
+        "pid": pids[0] if len(pids) == 1 else pids,
+        "stopped": True,
+        "user": records[0]["user"],
+        "command": records[0]["command"],
+        "signal": records[0]["signal"],
+    }
+
+
+def _stale_text(stale, ready_port):
+    pids = stale["pid"] if isinstance(stale["pid"], list) else [stale["pid"]]
+    return (
+        "stopped a stale instance (pid {}, user {}, SIG{}) left by an earlier supervisord "
+        "on port {}".format(
+            ", ".join(str(p) for p in pids), stale["user"], stale["signal"], ready_port
+        )
+    )
+
+
 def _running_comment(name, group, pending, changes, ready_port):
     parts = []
+    if changes.get("stale"):
+        parts.append(_stale_text(changes["stale"], ready_port))
     if pending == "added":
         parts.append("added group {} to supervisord".format(group))
     elif pending == "changed":
@@ -244,6 +242,49 @@ def _running_comment(name, group, pending, changes, ready_port):
         parts.append("started {}".format(", ".join(changes["started"])))
     now = "listening on port {}".format(ready_port) if ready_port else "RUNNING"
     return "{}: {}; now {}".format(name, ", ".join(parts), now)
+
+
+def _predict_stale(ret, name, socket, ready_port, waiting):
+    """
+    test=True: who holds ready_port, and what a real run would do about it
+    before starting the processes ``waiting``.
+    """
+    holders = _rpc("port_holders", name, ready_port, socket=socket)
+    twins = [h for h in holders if h["stale"]]
+    foreign = [h for h in holders if not h["stale"]]
+    if twins:
+        ret["result"] = None
+        if "restarted" not in ret["changes"]:
+            ret["changes"].setdefault("started", waiting)
+        if ret["comment"].endswith("already running and up to date"):
+            ret["comment"] = "{} would be started (now STARTING, its port taken)".format(
+                ", ".join(waiting)
+            )
+        pids = sorted(h["pid"] for h in twins)
+        ret["changes"]["stale"] = {
+            "pid": pids[0] if len(pids) == 1 else pids,
+            "stopped": True,
+            "user": twins[0]["user"],
+            "command": twins[0]["command"],
+        }
+        ret["comment"] += (
+            "; first a stale instance of {} holding port {} would be stopped: {}".format(
+                name, ready_port, ", ".join(_holder_text(h) for h in twins)
+            )
+        )
+    if foreign:
+        ret["comment"] += (
+            "; port {} is held by {}, not an instance of {}: it would be left alone and "
+            "the start would likely fail".format(
+                ready_port, "; ".join(_holder_text(h) for h in foreign), name
+            )
+        )
+
+
+def _holder_text(holder):
+    return "pid {} (user {}): {}".format(
+        holder["pid"], holder["user"] or "unknown", holder["command"] or "(command unknown)"
+    )
 
 
 def _predict_running(ret, name, group, pending, before):
@@ -414,25 +455,15 @@ def _absent_comment(ret, text):
 def mod_watch(name, sfun=None, socket=None, timeout=60, ready_port=None, **kwargs):
     """
     Called by Salt when a state that ``running`` watches changed and
-    ``running`` itself changed nothing: restart the program, exactly once.
-    Skipped (with a comment, no changes) when this program was already
-    updated, started or restarted in this run after that change (where Salt
-    gives no order of states, as for ``listen``: any time in this run). For
-    ``dead`` and ``absent`` a watch does nothing.
+    ``running`` itself changed nothing: restart the program (Salt does not
+    call it when ``running`` updated or started the program in this run).
+    With ``ready_port``, a stale instance holding it is stopped before the
+    start, as in ``running``. For ``dead`` and ``absent`` a watch does
+    nothing.
     """
     ret = _ret(name)
     if sfun not in (None, "running"):
         ret["comment"] = "supervisor_program.{} does nothing on a watch".format(sfun)
-        return ret
-    group = _group(name)
-    acted = _covering_action(group)
-    if acted:
-        ret["comment"] = (
-            "{} {} already {} in this run after the watched change; not "
-            "restarting it twice".format(
-                name, "would be" if _test() else "was", acted["action"]
-            )
-        )
         return ret
     before = {}
     try:
@@ -441,13 +472,16 @@ def mod_watch(name, sfun=None, socket=None, timeout=60, ready_port=None, **kwarg
             ret["result"] = None
             ret["changes"] = {"restarted": sorted(before)}
             ret["comment"] = "{} would be restarted (pids {})".format(name, _pids(before))
-            _remember(group, "restarted")
+            if ready_port:
+                _predict_stale(ret, name, socket, ready_port, sorted(before))
             return ret
-        _rpc("restart", name, timeout=timeout, socket=socket, ready_port=ready_port)
+        done = _rpc("restart", name, timeout=timeout, socket=socket, ready_port=ready_port)
         ret["changes"]["restarted"] = sorted(before)
+        _add_stale(ret, done)
     except CommandExecutionError as exc:
         return _failed(ret, str(exc), name, socket, before)
     _add_pids(ret, name, socket, before)
-    _remember(group, "restarted")
     ret["comment"] = "restarted {}".format(name)
+    if ret["changes"].get("stale"):
+        ret["comment"] += "; " + _stale_text(ret["changes"]["stale"], ready_port)
     return ret

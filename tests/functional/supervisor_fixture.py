@@ -168,6 +168,20 @@ class PrivateSupervisord:
             "private supervisord did not come up:\n" + self.read_log()
         )
 
+    def kill_hard(self):
+        """
+        SIGKILL supervisord alone, as the OOM killer would: its programs live
+        on, orphaned (what Debian's KillMode=process leaves behind). ``start``
+        then starts a new supervisord on the same files and socket.
+        """
+        self.process.kill()
+        self.process.wait(10)
+
+    def spawns(self, name):
+        """How often supervisord spawned NAME (its log survives restarts)."""
+        text = (self.root / "supervisord.log").read_text()
+        return text.count("spawned: '{}' with pid".format(name))
+
     def read_log(self):
         text = ""
         for name in ("stdout.log", "supervisord.log"):

@@ -3,6 +3,7 @@ Password hashing against the real jupyter_server (a virtualenv the test builds o
 and caches), and the config/password state on a real file.
 """
 
+import functools
 import grp
 import json
 import os
@@ -45,10 +46,13 @@ def jupyter_server_says(python, script, payload):
 
 @pytest.fixture(params=["salt python", "venv python"])
 def module(request, jupyter_python, monkeypatch):
-    """The module with argon2 in Salt's Python, and with the venv fallback forced."""
-    mod = load("_modules", "jupyter", pillar={"jupyter": {"venv": str(CACHE)}})
+    """The module with argon2 in Salt's Python, and with the venv fallback forced (the
+    formula passes the venv's Python)."""
+    mod = load("_modules", "jupyter_password")
     if request.param == "venv python":
         monkeypatch.setattr(mod, "_have_argon2", lambda: False)
+        monkeypatch.setattr(mod, "hash_password", functools.partial(mod.hash_password, python=jupyter_python))
+        monkeypatch.setattr(mod, "check_password", functools.partial(mod.check_password, python=jupyter_python))
     else:
         pytest.importorskip("argon2")
     return mod
@@ -86,32 +90,38 @@ def test_malformed_hashes_give_false(module, hashed, jupyter_python):
     assert jupyter_server_says(jupyter_python, check, {"h": hashed, "p": PASSWORD}) in (False, "InvalidHashError")
 
 
-def test_no_plaintext_on_the_helper_command_line(module, monkeypatch):
-    """The venv helper gets the password on stdin, never in argv."""
+def test_no_plaintext_on_the_helper_command_line(module, monkeypatch, jupyter_python):
+    """The venv helper gets the password on stdin, never in argv; it runs isolated (-I)
+    from / so that nothing of the caller's directory can shadow a module."""
     monkeypatch.setattr(module, "_have_argon2", lambda: False)
     seen = []
     real_run = subprocess.run
 
     def spy(args, **kwargs):
-        seen.append((list(args), kwargs.get("input", "")))
+        seen.append((list(args), kwargs.get("input", ""), kwargs.get("cwd")))
         return real_run(args, **kwargs)
 
     monkeypatch.setattr(module.subprocess, "run", spy)
-    module.hash_password(PASSWORD)
-    (argv, stdin), = seen
+    module.hash_password(PASSWORD, python=jupyter_python)
+    (argv, stdin, cwd), = seen
     assert PASSWORD not in " ".join(argv) and PASSWORD in stdin
+    assert argv[1] == "-I" and cwd == "/"
 
 
 # --- the state ------------------------------------------------------------------
 
 
 def config_state(tmp_path, pillar, test=False):
-    module = load("_modules", "jupyter", pillar={"jupyter": {"venv": str(CACHE)}})
+    module = load("_modules", "jupyter_password")
     state = load(
         "_states",
         "jupyter_config",
-        salt={"jupyter.hash_password": module.hash_password, "jupyter.check_password": module.check_password},
-        pillar={"jupyter": pillar},
+        salt={
+            "jupyter.hash_password": module.hash_password,
+            "jupyter.check_password": module.check_password,
+            # the instance's secrets, as jupyter.settings(reveal_secrets=True) gives them
+            "jupyter.settings": lambda reveal_secrets=False: {"instances": {"jupyter": pillar}},
+        },
         opts={"test": test},
     )
     path = str(tmp_path / "jupyter_server_config.json")

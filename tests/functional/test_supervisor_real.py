@@ -8,12 +8,14 @@ state's ``__salt__`` maps to the execution module's real functions.
 
 import os
 import pathlib
+import shlex
 import socket
 import subprocess
 import sys
 import time
 import types
 
+import psutil
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -39,7 +41,9 @@ CHATTY = '{} -c "import time; print(\'hello-stdout\', flush=True); time.sleep(60
     PYTHON
 )
 
-RPC_FUNCTIONS = ("status", "reread", "update", "start", "stop", "restart", "tail", "state")
+RPC_FUNCTIONS = (
+    "status", "reread", "update", "start", "stop", "restart", "tail", "state", "port_holders",
+)
 
 
 @pytest.fixture
@@ -173,35 +177,22 @@ def test_update_touches_one_group_only(salt, daemon):
         salt.rpc.update("nope", socket=daemon.socket)
 
 
-def test_watch_after_running_restarted_gives_one_restart(salt, daemon):
+def test_watch_restarts_the_program_once(salt, daemon):
+    """mod_watch (Salt calls it once, when `running` changed nothing): one restart."""
     daemon.write_program("app", SLEEP, startsecs=0)
+    daemon.write_program("neighbour", SLEEP, startsecs=0)
     daemon.start()
-    daemon.wait_for("app", "RUNNING")
-    daemon.write_program("app", "/bin/sleep 601", startsecs=0)
-
-    ret = salt.states.running("app", socket=daemon.socket)
-    assert ret["changes"]["updated"] == "changed", ret
-    after_update = pid(daemon, "app")
-    assert spawns(daemon, "app") == 2
-
-    # a second watcher of the same program in the same run
-    watch = salt.states.mod_watch("app", sfun="running", socket=daemon.socket)
-    assert watch["result"] is True and watch["changes"] == {}, watch
-    assert "not restarting it twice" in watch["comment"]
-    assert pid(daemon, "app") == after_update
-    assert spawns(daemon, "app") == 2
-
-    # the next run: a watch restarts it, once
-    salt.states.__context__.clear()
+    first = daemon.wait_for("app", "RUNNING")["pid"]
+    neighbour = daemon.wait_for("neighbour", "RUNNING")["pid"]
+    assert spawns(daemon, "app") == 1
     watch = salt.states.mod_watch("app", sfun="running", socket=daemon.socket)
     assert watch["result"] is True, watch
     restarted = pid(daemon, "app")
-    assert watch["changes"]["restarted"] == ["app"]
-    assert watch["changes"]["pid"] == {"old": {"app": after_update}, "new": {"app": restarted}}
-    assert restarted != after_update
-    assert spawns(daemon, "app") == 3
-    again = salt.states.mod_watch("app", sfun="running", socket=daemon.socket)
-    assert again["changes"] == {} and spawns(daemon, "app") == 3
+    assert watch["changes"] == {"restarted": ["app"],
+                                "pid": {"old": {"app": first}, "new": {"app": restarted}}}
+    assert restarted != first
+    assert spawns(daemon, "app") == 2
+    assert pid(daemon, "neighbour") == neighbour
 
 
 def test_group_names_with_colon_and_star(salt, daemon):
@@ -313,10 +304,6 @@ def test_test_mode_predicts_and_changes_nothing(salt, daemon):
     ret = salt.states.dead("app", socket=daemon.socket)
     assert ret["result"] is None and "would be stopped" in ret["comment"], ret
     ret = salt.states.mod_watch("app", sfun="running", socket=daemon.socket)
-    assert ret["result"] is True and ret["changes"] == {}, ret
-    assert "app would be already updated in this run" in ret["comment"]
-    salt.states.__context__.clear()
-    ret = salt.states.mod_watch("app", sfun="running", socket=daemon.socket)
     assert ret["result"] is None and "would be restarted" in ret["comment"], ret
     ret = salt.states.absent("app", conf_file=app_conf, socket=daemon.socket)
     assert ret["result"] is None and "would be stopped and removed" in ret["comment"], ret
@@ -417,11 +404,9 @@ def test_ready_port_counts_as_started_before_startsecs(salt, daemon):
     with socket.create_connection(("127.0.0.1", port), timeout=5):
         pass
     # an apply moments later (still STARTING) changes nothing
-    salt.states.__context__.clear()
     again = salt.states.running("server", socket=daemon.socket, ready_port=port, timeout=50)
     assert again["result"] is True and again["changes"] == {}, again
-    # the next run: a watch restarts it and is done as soon as the new process listens
-    salt.states.__context__.clear()
+    # a watch restarts it and is done as soon as the new process listens
     old = pid(daemon, "server")
     ret = salt.states.mod_watch("server", sfun="running", socket=daemon.socket,
                                 ready_port=port, timeout=50)
@@ -432,7 +417,8 @@ def test_ready_port_counts_as_started_before_startsecs(salt, daemon):
 
 def test_ready_port_held_by_another_process_is_not_ready(salt, daemon):
     """Only the program's own socket counts: a port taken by someone else makes
-    the program fail to bind, and the state fails, naming the error."""
+    the program fail to bind, and the state fails, naming the error and the holder
+    (here: this test's own process, which must not be killed)."""
     port = free_port()
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
@@ -441,5 +427,189 @@ def test_ready_port_held_by_another_process_is_not_ready(salt, daemon):
                              autostart="false", startretries=0)
         daemon.start()
         ret = salt.states.running("server", socket=daemon.socket, ready_port=port, timeout=30)
-    assert ret["result"] is False, ret
-    assert "Address already in use" in ret["comment"], ret
+        assert ret["result"] is False, ret
+        assert "Address already in use" in ret["comment"], ret
+        assert "port {} is held by pid {}".format(port, os.getpid()) in ret["comment"], ret
+        assert "left alone" in ret["comment"]
+        assert "stale" not in ret["changes"]
+
+
+# --- stale instances: supervisord killed hard, its program left holding the port ----
+
+
+def orphan_of_killed_supervisord(daemon, spec, port):
+    """
+    Kill supervisord with SIGKILL and start a new one on the same files: the
+    program's old process lives on, orphaned, holding ``port``. Returns its pid.
+    """
+    old = daemon.wait_for(spec, "RUNNING")["pid"]
+    assert listens(old, port)
+    daemon.kill_hard()
+    assert psutil.pid_exists(old) and listens(old, port)  # survived, holds the port
+    daemon.start()
+    return old
+
+
+def listens(pid, port):
+    try:
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.NoSuchProcess:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr[1] == port for c in conns)
+
+
+def gone(pid):
+    """Ended (PID 1 of a container may never reap it: a zombie counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def listener_script(directory, port, deaf=False):
+    """A #! script that listens on ``port``; ``deaf``: it ignores SIGTERM."""
+    script = pathlib.Path(directory) / "listen.py"
+    script.write_text(
+        "#!{}\n"
+        "import signal, socket, sys, time\n"
+        "{}"
+        "s = socket.socket()\n"
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "s.bind(('127.0.0.1', int(sys.argv[1])))\n"
+        "s.listen()\n"
+        "time.sleep(600)\n".format(
+            PYTHON, "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if deaf else ""
+        )
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("retries", [0, 5], ids=["fatal", "retrying"])
+def test_stale_instance_is_stopped_and_the_program_started(salt, daemon, retries):
+    """
+    The fault of issue 11: supervisord SIGKILLed, its program orphaned on the
+    port, the new supervisord cannot start it (FATAL, or BACKOFF while it still
+    retries). One run of the state stops the stale instance and starts the
+    program under the new supervisord.
+    """
+    port = free_port()
+    daemon.write_program("server", listener(port, delay=0), startsecs=1, startretries=retries)
+    daemon.start()
+    old = orphan_of_killed_supervisord(daemon, "server", port)
+    if not retries:
+        info = daemon.wait_for("server", "FATAL")  # "port not available", for good
+        assert "Address already in use" in salt.rpc.tail("server", socket=daemon.socket)
+        assert info["pid"] == 0
+
+    salt.states.__opts__["test"] = True
+    predicted = salt.states.running("server", socket=daemon.socket, ready_port=port, timeout=30)
+    assert predicted["result"] is None, predicted
+    assert predicted["changes"]["stale"]["pid"] == old
+    assert "stale instance of server holding port {} would be stopped: pid {}".format(
+        port, old) in predicted["comment"]
+    assert listens(old, port)  # test=True acted not
+    salt.states.__opts__["test"] = False
+
+    ret = salt.states.running("server", socket=daemon.socket, ready_port=port, timeout=30)
+    assert ret["result"] is True, ret
+    assert ret["changes"]["stale"] == {
+        "pid": old, "stopped": True, "user": "root", "signal": "TERM",
+        "command": shlex.join(shlex.split(listener(port, delay=0))),
+    }
+    assert ret["changes"]["started"] == ["server"]
+    assert "stopped a stale instance (pid {}".format(old) in ret["comment"]
+    new = pid(daemon, "server")
+    assert new and new != old
+    assert ret["changes"]["pid"]["new"] == {"server": new}
+    assert gone(old)
+    assert listens(new, port)
+    assert psutil.Process(new).ppid() == daemon.process.pid  # the new supervisord's child
+
+    again = salt.states.running("server", socket=daemon.socket, ready_port=port, timeout=30)
+    assert again["result"] is True and again["changes"] == {}, again
+    assert pid(daemon, "server") == new
+
+
+def test_stale_wrapped_script_that_ignores_term_is_killed(salt, daemon):
+    """
+    The program runs through a wrapper that execs the real command after `--`
+    (as systemd-run --scope ... -- setpriv ... -- jupyter-lab does), the real
+    command is a #! script (its /proc cmdline starts with the interpreter), and
+    it ignores SIGTERM: it gets SIGKILL after the program's stopwaitsecs.
+    """
+    port = free_port()
+    script = listener_script(daemon.root, port, deaf=True)
+    daemon.write_program("wrapped", "/usr/bin/setpriv --nnp -- {} {}".format(script, port),
+                         startsecs=1, startretries=0, stopwaitsecs=1)
+    daemon.start()
+    old = orphan_of_killed_supervisord(daemon, "wrapped", port)
+    assert psutil.Process(old).cmdline() == [PYTHON, str(script), str(port)]
+    holders = salt.rpc.port_holders("wrapped", port, socket=daemon.socket)
+    assert [(h["pid"], h["stale"], h["process"]) for h in holders] == [(old, True, "wrapped")]
+
+    began = time.monotonic()
+    ret = salt.states.running("wrapped", socket=daemon.socket, ready_port=port, timeout=30)
+    assert ret["result"] is True, ret
+    assert ret["changes"]["stale"]["pid"] == old
+    assert ret["changes"]["stale"]["signal"] == "KILL"
+    assert time.monotonic() - began >= 1  # it waited out stopwaitsecs first
+    assert gone(old)
+    assert listens(pid(daemon, "wrapped"), port)
+
+
+FOREIGN_ENVIRONMENTS = {
+    # the program's command, but another program's name under the same supervisord
+    "other-process-name": {"SUPERVISOR_PROCESS_NAME": "other", "SUPERVISOR_GROUP_NAME": "other"},
+    # the right names, but another supervisord
+    "other-supervisord": {"SUPERVISOR_PROCESS_NAME": "server", "SUPERVISOR_GROUP_NAME": "server",
+                          "SUPERVISOR_SERVER_URL": "unix:///run/elsewhere.sock"},
+    # not started by any supervisord
+    "no-supervisor": {},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(FOREIGN_ENVIRONMENTS))
+def test_foreign_holder_of_the_port_is_named_and_left_alone(salt, daemon, variant):
+    """
+    A process with the program's very command that is not an instance of this
+    program (another name, another supervisord, no supervisord) is foreign:
+    the state fails naming its pid, user and command, and it keeps running.
+    """
+    port = free_port()
+    command = listener(port, delay=0)
+    daemon.write_program("server", command, startsecs=1, startretries=0, autostart="false")
+    daemon.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
+    env.update({"SUPERVISOR_ENABLED": "1", "SUPERVISOR_SERVER_URL": "unix://" + daemon.socket})
+    env.update(FOREIGN_ENVIRONMENTS[variant])
+    if variant == "no-supervisor":
+        env = {k: v for k, v in env.items() if not k.startswith("SUPERVISOR_")}
+    foreign = subprocess.Popen(shlex.split(command), env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not listens(foreign.pid, port):
+            assert time.monotonic() < deadline, "the foreign listener did not listen"
+            time.sleep(0.05)
+        holders = salt.rpc.port_holders("server", port, socket=daemon.socket)
+        assert [(h["pid"], h["stale"]) for h in holders] == [(foreign.pid, False)]
+        assert psutil.Process(foreign.pid).cmdline() == shlex.split(command)
+
+        salt.states.__opts__["test"] = True
+        predicted = salt.states.running("server", socket=daemon.socket, ready_port=port,
+                                        timeout=30)
+        assert predicted["result"] is None and "stale" not in predicted["changes"], predicted
+        assert "held by pid {}".format(foreign.pid) in predicted["comment"]
+        salt.states.__opts__["test"] = False
+
+        ret = salt.states.running("server", socket=daemon.socket, ready_port=port, timeout=30)
+        assert ret["result"] is False, ret
+        assert "stale" not in ret["changes"]
+        text = "port {} is held by pid {} (user root): {}".format(
+            port, foreign.pid, shlex.join(shlex.split(command)))
+        assert text in ret["comment"], ret
+        assert "not an instance of this program: left alone" in ret["comment"]
+        assert foreign.poll() is None and listens(foreign.pid, port)
+    finally:
+        foreign.kill()
+        foreign.wait()

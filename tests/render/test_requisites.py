@@ -37,6 +37,7 @@ def show_sls(tmp_path, pillar, grains=None, sls="jupyter"):
         "file_roots": {"base": [str(REPO)]},
         "pillar_roots": {"base": [str(tmp_path / "pillar")]},
         "cachedir": str(tmp_path / "cache"),
+        "extension_modules": str(tmp_path / "cache" / "extmods"),
         "log_file": str(tmp_path / "minion.log"),
         "grains": grains or {},
     }

@@ -6,8 +6,6 @@ No supervisord, no root, seconds.
 
 import pytest
 from salt.exceptions import CommandExecutionError
-from salt.utils.immutabletypes import freeze
-from salt.utils.requisite import RequisiteType
 
 from support.loader import load
 
@@ -32,6 +30,7 @@ class FakeRpc:
         self.calls = []
         self.errors = {}
         self.next_pid = 500
+        self.holders = []  # what port_holders answers (and start stops, if stale)
 
     @staticmethod
     def _state(socket=None):
@@ -42,7 +41,8 @@ class FakeRpc:
         return p["name"] if p["group"] == p["name"] else "{}:{}".format(p["group"], p["name"])
 
     def functions(self):
-        names = ("status", "reread", "update", "start", "stop", "restart", "state")
+        names = ("status", "reread", "update", "start", "stop", "restart", "state",
+                 "port_holders")
         return {"supervisor_rpc." + n: self._wrap(n) for n in names}
 
     def _wrap(self, name):
@@ -86,13 +86,26 @@ class FakeRpc:
         self.procs[self.spec(p)] = p
 
     def _start(self, name, timeout=60, socket=None, ready_port=None):
-        for p in self._select(name).values():
+        done = {}
+        for spec, p in self._select(name).items():
+            old = {"state": p["state"], "pid": p["pid"]}
+            twins = [h for h in self.holders if h["stale"]] if ready_port else []
             if p["state"] != "RUNNING":
-                if p["state"] != "STARTING":
+                if p["state"] != "STARTING" or twins:
                     self.next_pid += 1
                     p["pid"] = self.next_pid
                 p["state"] = "RUNNING"
-        return {}
+            done[spec] = {"old": old, "new": {"state": p["state"], "pid": p["pid"]}}
+            if twins and old["state"] != "RUNNING":
+                done[spec]["stale"] = [
+                    {"pid": h["pid"], "user": h["user"], "command": h["command"],
+                     "signal": "TERM", "stopped": True} for h in twins]
+                self.holders = [h for h in self.holders if not h["stale"]]
+        return done
+
+    def _port_holders(self, name, port, socket=None):
+        self._select(name)
+        return [dict(h) for h in self.holders]
 
     def _stop(self, name, timeout=60, socket=None):
         for p in self._select(name).values():
@@ -101,7 +114,7 @@ class FakeRpc:
 
     def _restart(self, name, timeout=60, socket=None, ready_port=None):
         self._stop(name)
-        return self._start(name)
+        return self._start(name, ready_port=ready_port)
 
     def acting_calls(self):
         return [c for c in self.calls if c[0] in ("update", "start", "stop", "restart")]
@@ -133,7 +146,6 @@ def test_running_and_unchanged_is_left_alone(state):
     assert ret == {"name": "jupyter", "result": True, "changes": {},
                    "comment": "jupyter is already running and up to date"}
     assert rpc.acting_calls() == []
-    assert state.__context__.get("supervisor_program.acted") is None
 
 
 def test_running_updates_a_changed_group_only(state):
@@ -146,7 +158,6 @@ def test_running_updates_a_changed_group_only(state):
                               "pid": {"old": {"jupyter": 7}, "new": {"jupyter": 501}}}
     assert "updated group jupyter" in ret["comment"]
     assert rpc.procs["other"]["pid"] == 8
-    assert state.__context__["supervisor_program.acted"]["jupyter"]["action"] == "updated"
 
 
 def test_running_adds_a_new_group(state):
@@ -165,7 +176,6 @@ def test_running_starts_a_stopped_program(state):
     assert rpc.acting_calls() == [("start", "jupyter")]
     assert ret["changes"] == {"started": ["jupyter"],
                               "pid": {"old": {"jupyter": None}, "new": {"jupyter": 501}}}
-    assert state.__context__["supervisor_program.acted"]["jupyter"]["action"] == "started"
 
 
 def test_running_fails_with_the_start_error(state):
@@ -177,7 +187,6 @@ def test_running_fails_with_the_start_error(state):
     ret = state.running("jupyter")
     assert ret["result"] is False
     assert "state FATAL" in ret["comment"] and "Address already in use" in ret["comment"]
-    assert "supervisor_program.acted" not in state.__context__
 
 
 def test_running_reports_an_update_that_then_failed(state):
@@ -322,26 +331,18 @@ def test_absent_fails_while_the_program_is_still_configured(state):
 
 
 # --- mod_watch -------------------------------------------------------------------------
+# Salt calls mod_watch only when `running` itself changed nothing (call_chunk in
+# salt/state.py): each call is one restart. tests/functional/test_supervisor_watch.py
+# proves the whole with salt-call.
 
 
-def test_mod_watch_restarts_once(state):
+def test_mod_watch_restarts(state):
     rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", pid=7)))
     ret = state.mod_watch("jupyter", sfun="running")
-    assert ret["result"] is True
-    assert ret["changes"] == {"restarted": ["jupyter"],
-                              "pid": {"old": {"jupyter": 7}, "new": {"jupyter": 501}}}
-    second = state.mod_watch("jupyter", sfun="running")
-    assert second["result"] is True and second["changes"] == {}
-    assert "not restarting it twice" in second["comment"]
+    assert ret == {"name": "jupyter", "result": True, "comment": "restarted jupyter",
+                   "changes": {"restarted": ["jupyter"],
+                               "pid": {"old": {"jupyter": 7}, "new": {"jupyter": 501}}}}
     assert rpc.acting_calls() == [("restart", "jupyter")]
-
-
-def test_mod_watch_after_running_updated_it_does_nothing(state):
-    rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", pid=7), diff={"changed": ["jupyter"]}))
-    assert state.running("jupyter")["changes"]["updated"] == "changed"
-    ret = state.mod_watch("jupyter", sfun="running")
-    assert ret["changes"] == {} and "already updated in this run" in ret["comment"]
-    assert rpc.acting_calls() == [("update", "jupyter"), ("start", "jupyter")]
 
 
 def test_mod_watch_of_dead_or_absent_does_nothing(state):
@@ -356,10 +357,8 @@ def test_mod_watch_in_test_mode(state):
     rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", pid=7)))
     state.__opts__["test"] = True
     ret = state.mod_watch("jupyter", sfun="running")
-    assert ret["result"] is None and "would be restarted" in ret["comment"]
-    ret = state.mod_watch("jupyter", sfun="running")  # a second watcher
-    assert ret["result"] is True and ret["changes"] == {}
-    assert "would be already restarted in this run" in ret["comment"]
+    assert ret["result"] is None and "would be restarted (pids {'jupyter': 7})" in ret["comment"]
+    assert ret["changes"] == {"restarted": ["jupyter"]}
     assert rpc.acting_calls() == []
 
 
@@ -369,63 +368,106 @@ def test_mod_watch_failure(state):
     wire(state, rpc)
     ret = state.mod_watch("jupyter", sfun="running")
     assert ret["result"] is False and "state FATAL" in ret["comment"]
-    assert "supervisor_program.acted" not in state.__context__
 
 
-def chunk(id_, run_num, changes):
-    low = {"state": "file", "__id__": id_, "name": "/etc/" + id_, "fun": "managed"}
-    tag = "file_|-{0}_|-/etc/{0}_|-managed".format(id_)
-    return low, tag, {"changes": changes, "__run_num__": run_num, "result": True}
+# --- stale instances (supervisord died hard, its program holds the port) -----------------
+
+TWIN = {"pid": 77, "user": "jupyter", "stale": True, "process": "jupyter", "reason": None,
+        "command": "/opt/jupyter/venv/bin/python3 /opt/jupyter/venv/bin/jupyter-lab --no-browser"}
+FOREIGN = {"pid": 88, "user": "www-data", "stale": False, "process": None,
+           "command": "python3 -m http.server 8888",
+           "reason": "its SUPERVISOR_PROCESS_NAME is None, not 'jupyter' (jupyter)"}
 
 
-def test_mod_watch_restarts_for_a_change_made_after_the_earlier_restart(state):
-    """An earlier restart only covers changes that came before it."""
+def test_running_reports_the_stale_instance_it_stopped(state):
+    rpc = FakeRpc(proc("jupyter", "jupyter", "FATAL"))
+    rpc.holders = [dict(TWIN)]
+    wire(state, rpc)
+    ret = state.running("jupyter", ready_port=8888)
+    assert ret["result"] is True, ret
+    assert ret["changes"] == {
+        "stale": {"pid": 77, "stopped": True, "user": "jupyter", "signal": "TERM",
+                  "command": TWIN["command"]},
+        "started": ["jupyter"],
+        "pid": {"old": {"jupyter": None}, "new": {"jupyter": 501}},
+    }
+    assert ret["comment"] == (
+        "jupyter: stopped a stale instance (pid 77, user jupyter, SIGTERM) left by an earlier "
+        "supervisord on port 8888, started jupyter; now listening on port 8888")
+    assert ("start", "jupyter") in rpc.acting_calls()
+
+
+def test_a_program_supervisord_was_retrying_counts_as_started_once_healed(state):
+    """STARTING is no change of ours, unless a stale instance had to go first."""
+    rpc = FakeRpc(dict(proc("jupyter", "jupyter", "STARTING"), pid=60))
+    rpc.holders = [dict(TWIN)]
+    wire(state, rpc)
+    ret = state.running("jupyter", ready_port=8888)
+    assert ret["changes"]["started"] == ["jupyter"] and ret["changes"]["stale"]["pid"] == 77
+
+
+def test_several_stale_pids_are_listed(state):
+    rpc = FakeRpc(proc("jupyter", "jupyter", "FATAL"))
+    rpc.holders = [dict(TWIN), dict(TWIN, pid=76)]
+    wire(state, rpc)
+    assert state.running("jupyter", ready_port=8888)["changes"]["stale"]["pid"] == [76, 77]
+
+
+def test_mod_watch_reports_the_stale_instance_it_stopped(state):
+    rpc = FakeRpc(proc("jupyter", "jupyter", "FATAL"))
+    rpc.holders = [dict(TWIN)]
+    wire(state, rpc)
+    ret = state.mod_watch("jupyter", sfun="running", ready_port=8888)
+    assert ret["result"] is True
+    assert ret["changes"]["stale"]["pid"] == 77 and ret["changes"]["restarted"] == ["jupyter"]
+    assert "restarted jupyter; stopped a stale instance (pid 77" in ret["comment"]
+
+
+def test_test_mode_predicts_stopping_a_stale_instance(state):
+    rpc = FakeRpc(proc("jupyter", "jupyter", "FATAL"))
+    rpc.holders = [dict(TWIN)]
+    wire(state, rpc)
+    state.__opts__["test"] = True
+    ret = state.running("jupyter", ready_port=8888)
+    assert ret["result"] is None
+    assert ret["changes"] == {
+        "started": ["jupyter"],
+        "stale": {"pid": 77, "stopped": True, "user": "jupyter", "command": TWIN["command"]},
+    }
+    assert ("first a stale instance of jupyter holding port 8888 would be stopped: pid 77 "
+            "(user jupyter): " + TWIN["command"]) in ret["comment"]
+    assert rpc.acting_calls() == [] and rpc.holders == [TWIN]
+
+
+def test_test_mode_sees_a_stale_instance_behind_a_starting_program(state):
+    rpc = FakeRpc(dict(proc("jupyter", "jupyter", "STARTING"), pid=60))
+    rpc.holders = [dict(TWIN)]
+    wire(state, rpc)
+    state.__opts__["test"] = True
+    ret = state.running("jupyter", ready_port=8888)
+    assert ret["result"] is None and ret["changes"]["stale"]["pid"] == 77
+    assert ret["comment"].startswith("jupyter would be started (now STARTING, its port taken)")
+
+
+def test_test_mode_names_a_foreign_holder_and_leaves_it(state):
+    rpc = FakeRpc(proc("jupyter", "jupyter", "FATAL"))
+    rpc.holders = [dict(FOREIGN)]
+    wire(state, rpc)
+    state.__opts__["test"] = True
+    ret = state.running("jupyter", ready_port=8888)
+    assert ret["result"] is None and "stale" not in ret["changes"]
+    assert ("port 8888 is held by pid 88 (user www-data): python3 -m http.server 8888, not an "
+            "instance of jupyter: it would be left alone") in ret["comment"]
+
+
+def test_running_program_is_not_checked_for_port_holders(state):
+    """A RUNNING program holds its own port: no scan, no prediction."""
     rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", pid=7)))
-    state.__instance_id__ = 1
-    pip, pip_tag, pip_ret = chunk("pip", 2, {"jupyterlab": "4.2"})
-    conf, conf_tag, conf_ret = chunk("conf", 5, {"diff": "..."})
-    # Salt hands these over frozen, keyed by RequisiteType (a str enum)
-    # state 3 (watching pip) restarted jupyter after states 0..2 had run
-    state.__running__ = freeze({"a": {"__run_num__": 1}, pip_tag: pip_ret})
-    state.__low__ = freeze({"__reqs__": {RequisiteType.WATCH: [pip]}})
-    assert state.mod_watch("jupyter", sfun="running")["changes"]["restarted"] == ["jupyter"]
-    assert state.__context__["supervisor_program.acted"]["jupyter"]["after"] == 2
-
-    # state 6 watches conf, changed by state 5, after that restart: restart again
-    state.__running__ = freeze({pip_tag: pip_ret, "r": {"__run_num__": 3}, conf_tag: conf_ret})
-    state.__low__ = freeze({"__reqs__": {RequisiteType.WATCH: [conf]}})
-    assert state.mod_watch("jupyter", sfun="running")["changes"]["restarted"] == ["jupyter"]
-
-    # state 7 watches pip (changed by state 2, before the last restart): skip
-    state.__running__ = freeze({pip_tag: pip_ret, conf_tag: conf_ret, "s": {"__run_num__": 6}})
-    state.__low__ = freeze(
-        {"__reqs__": {RequisiteType.WATCH: [pip], RequisiteType.REQUIRE: [conf]}}
-    )
-    ret = state.mod_watch("jupyter", sfun="running")
-    assert ret["changes"] == {} and "not restarting it twice" in ret["comment"]
-    assert rpc.acting_calls() == [("restart", "jupyter"), ("restart", "jupyter")]
-
-
-def test_first_state_of_a_run_covers_no_later_change(state):
-    """running acting before anything else ran does not cover a later change."""
-    rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", "STOPPED")))
-    state.__instance_id__ = 1
-    state.__running__ = freeze({})  # what Salt passes to the first state
-    assert state.running("jupyter")["changes"]["started"] == ["jupyter"]
-    pip, pip_tag, pip_ret = chunk("pip", 1, {"jupyterlab": "4.2"})
-    state.__running__ = freeze({"first": {"__run_num__": 0}, pip_tag: pip_ret})
-    state.__low__ = freeze({"__reqs__": {RequisiteType.WATCH_ANY: [pip]}})
-    assert state.mod_watch("jupyter", sfun="running")["changes"]["restarted"] == ["jupyter"]
-    assert rpc.acting_calls() == [("start", "jupyter"), ("restart", "jupyter")]
-
-
-def test_context_of_another_run_is_ignored(state):
-    rpc = wire(state, FakeRpc(proc("jupyter", "jupyter", pid=7)))
-    state.__instance_id__ = 1
-    state.mod_watch("jupyter", sfun="running")
-    state.__instance_id__ = 2
-    assert state.mod_watch("jupyter", sfun="running")["changes"]["restarted"] == ["jupyter"]
-    assert len(rpc.acting_calls()) == 2
+    rpc.holders = [dict(FOREIGN)]
+    assert state.running("jupyter", ready_port=8888)["changes"] == {}
+    state.__opts__["test"] = True
+    assert state.running("jupyter", ready_port=8888)["result"] is True
+    assert [c for c in rpc.calls if c[0] == "port_holders"] == []
 
 
 def test_running_waits_for_a_supervisord_that_is_still_starting(state, monkeypatch):

@@ -5,12 +5,20 @@ unix socket for the transport). No root, no supervisord, seconds.
 """
 
 import inspect
+import os
+import shlex
+import signal
+import socket
 import socketserver
+import subprocess
+import sys
 import threading
+import time
 import types
 import xmlrpc.client
 import xmlrpc.server
 
+import psutil
 import pytest
 from salt.exceptions import CommandExecutionError
 from support.loader import load
@@ -37,6 +45,14 @@ def info(group, name, state="RUNNING", pid=100, **extra):
     return data
 
 
+def config(group, name, command="/usr/bin/python3 -m server 8888", **extra):
+    """One entry of getAllConfigInfo (the keys the module reads)."""
+    data = {"group": group, "name": name, "command": command, "serverurl": "none",
+            "stopsignal": 15, "stopwaitsecs": 10, "killasgroup": True}
+    data.update(extra)
+    return data
+
+
 class FakeSupervisord:
     """
     supervisord's XML-RPC namespace in memory. After startProcess or
@@ -57,6 +73,7 @@ class FakeSupervisord:
         self.faults = {}
         self.logs = {}
         self.next_pid = 500
+        self.config_infos = [config(i["group"], i["name"]) for i in infos]
 
     @staticmethod
     def spec(i):
@@ -128,6 +145,10 @@ class FakeSupervisord:
         self._record("tailProcessStdoutLog", spec, offset, length)
         return [self.logs.get((spec, "stdout"), ""), 0, False]
 
+    def getAllConfigInfo(self):
+        self._record("getAllConfigInfo")
+        return [dict(c) for c in self.config_infos]
+
     def getState(self):
         return {"statecode": 1, "statename": "RUNNING"}
 
@@ -145,7 +166,8 @@ class FakeSupervisord:
 
     def changing_calls(self):
         return [c for c in self.calls if c[0] not in (
-            "getAllProcessInfo", "reloadConfig", "tailProcessStderrLog", "tailProcessStdoutLog")]
+            "getAllProcessInfo", "reloadConfig", "tailProcessStderrLog", "tailProcessStdoutLog",
+        "getAllConfigInfo")]
 
 
 @pytest.fixture
@@ -178,7 +200,7 @@ def test_virtual_and_cli_examples(rpc):
         if inspect.isfunction(f) and not name.startswith("_")
     ]
     assert sorted(public) == sorted(
-        ["status", "reread", "update", "start", "stop", "restart", "tail", "state"]
+        ["status", "reread", "update", "start", "stop", "restart", "tail", "state", "port_holders"]
     )
     for name in public:
         assert "CLI Example:" in inspect.getdoc(getattr(rpc, name)), name
@@ -502,3 +524,230 @@ def test_state(rpc, fake):
         "state": "RUNNING", "version": "4.2.5", "api_version": "3.0",
         "identification": "supervisor", "pid": 42, "socket": SOCK,
     }
+
+
+# --- stale instances ---------------------------------------------------------------
+
+SERVER = "/usr/bin/python3 -m server 8888"
+TWIN_ENV = {"SUPERVISOR_PROCESS_NAME": "app", "SUPERVISOR_GROUP_NAME": "app",
+            "SUPERVISOR_SERVER_URL": "unix://" + SOCK, "PATH": "/usr/bin:/bin"}
+
+
+def holder(pid=77, cmdline=None, user="jupyter", **env):
+    environ = dict(TWIN_ENV)
+    environ.update(env)
+    return {"pid": pid, "user": user, "environ": {k: v for k, v in environ.items() if v is not None},
+            "cmdline": shlex.split(SERVER) if cmdline is None else cmdline}
+
+
+def script(tmp_path, name, first_line):
+    path = tmp_path / name
+    path.write_text(first_line + "\nprint('hi')\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_command_views_plain_wrapped_and_scripts(rpc, tmp_path):
+    assert rpc._command_views(SERVER, "/usr/bin") == [shlex.split(SERVER)]
+    lab = script(tmp_path, "jupyter-lab", "#!/opt/venv/bin/python3")
+    wrapped = "systemd-run --scope -p MemoryMax=1G -- setpriv --reuid=alice -- {} --no-browser".format(lab)
+    views = rpc._command_views(wrapped, "/usr/bin")
+    assert shlex.split(wrapped) in views
+    assert [lab, "--no-browser"] in views  # after the last --
+    assert ["/opt/venv/bin/python3", lab, "--no-browser"] in views  # as the kernel shows it
+    assert ["setpriv", "--reuid=alice", "--", lab, "--no-browser"] not in views
+    # `#!interp arg`: one argument; `#!/usr/bin/env python3`: env execs python3
+    opt = script(tmp_path, "opt", "#! /usr/bin/python3  -u -X dev ")
+    assert [["/usr/bin/python3", "-u -X dev", opt]] == rpc._command_views(opt, "")[1:]
+    env = script(tmp_path, "env-script", "#!/usr/bin/env python3")
+    assert rpc._command_views(env + " x", "")[1:] == [
+        ["/usr/bin/env", "python3", env, "x"], ["python3", env, "x"]]
+    # a bare name is looked up in the process's PATH, as supervisord and setpriv do
+    assert ["/opt/venv/bin/python3", lab, "-y"] in rpc._command_views("jupyter-lab -y", str(tmp_path))
+    assert rpc._command_views("jupyter-lab -y", "/nowhere") == [["jupyter-lab", "-y"]]
+    assert rpc._command_views("unbalanced 'quote", "") == []
+
+
+def test_twin_verdict(rpc, tmp_path):
+    sv = types.SimpleNamespace(path=SOCK)
+    conf = config("app", "app", SERVER)
+    assert rpc._twin_verdict(sv, holder(), conf) is None
+    cases = {
+        "its SUPERVISOR_PROCESS_NAME is 'other', not 'app' (app)":
+            holder(SUPERVISOR_PROCESS_NAME="other"),
+        "its SUPERVISOR_GROUP_NAME is None, not 'app' (app)": holder(SUPERVISOR_GROUP_NAME=None),
+        "its SUPERVISOR_SERVER_URL 'unix:///run/other.sock' is not this supervisord":
+            holder(SUPERVISOR_SERVER_URL="unix:///run/other.sock"),
+        "its command line is not app's command": holder(cmdline=["/usr/bin/python3", "-m", "server"]),
+        "its environment cannot be read": dict(holder(), environ=None),
+    }
+    for reason, h in cases.items():
+        assert reason in rpc._twin_verdict(sv, h, conf)
+    # a group member: GROUP:NAME
+    member = holder(SUPERVISOR_PROCESS_NAME="a", SUPERVISOR_GROUP_NAME="grp")
+    assert rpc._twin_verdict(sv, member, config("grp", "a", SERVER)) is None
+    assert "not 'b' (grp:b)" in rpc._twin_verdict(sv, member, config("grp", "b", SERVER))
+    # the program's own serverurl counts; so does another name of the same socket
+    url = holder(SUPERVISOR_SERVER_URL="http://127.0.0.1:9001")
+    assert rpc._twin_verdict(sv, url, dict(conf, serverurl="http://127.0.0.1:9001")) is None
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "s.sock").touch()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    linked = types.SimpleNamespace(path=str(tmp_path / "real" / "s.sock"))
+    h = holder(SUPERVISOR_SERVER_URL="unix://{}/link/s.sock".format(tmp_path))
+    assert rpc._twin_verdict(linked, h, conf) is None
+
+
+@pytest.fixture
+def port_world(rpc, monkeypatch):
+    """
+    Who listens on the port, faked at the psutil boundary: ``world.listening``
+    (pids), ``world.holders`` (pid -> holder), ``world.trees`` (pid -> tree).
+    ``_stop_twins`` records what it would stop and frees the port.
+    """
+    world = types.SimpleNamespace(listening=set(), holders={}, trees={}, stopped=[], scans=0)
+
+    def listeners(port):
+        world.scans += 1
+        return set(world.listening)
+
+    def stop_twins(sv, twins, port, configs):
+        world.stopped.append([t["pid"] for t in twins])
+        world.listening -= {t["pid"] for t in twins}
+        return [{"pid": t["pid"], "user": t["user"], "command": shlex.join(t["cmdline"]),
+                 "signal": "TERM", "stopped": True, "process": t["twin_of"]} for t in twins]
+
+    monkeypatch.setattr(rpc, "_listeners", listeners)
+    monkeypatch.setattr(rpc, "_holder", lambda pid: dict(world.holders[pid]))
+    monkeypatch.setattr(rpc, "_tree", lambda pid: world.trees.get(pid, {pid} if pid else set()))
+    monkeypatch.setattr(rpc, "_stop_twins", stop_twins)
+    return world
+
+
+def test_start_stops_a_stale_instance_first(rpc, fake, port_world):
+    daemon = fake(info("app", "app", "FATAL"))
+    port_world.listening, port_world.holders = {77}, {77: holder()}
+    result = rpc.start("app", socket=SOCK, ready_port=8888)
+    assert port_world.stopped == [[77]]
+    assert daemon.changing_calls() == [("startProcess", "app", False)]
+    assert result["app"]["stale"] == [{"pid": 77, "user": "jupyter", "command": SERVER,
+                                       "signal": "TERM", "stopped": True}]
+    assert result["app"]["new"]["state"] == "RUNNING"
+
+
+def test_start_leaves_a_foreign_holder_and_names_it(rpc, fake, port_world):
+    daemon = fake(info("app", "app", "STOPPED"))
+    daemon.start_plans["app"] = ["STARTING", "FATAL"]
+    daemon.logs[("app", "stderr")] = "OSError: [Errno 98] Address already in use\n"
+    port_world.listening = {88}
+    port_world.holders = {88: holder(88, user="www-data", SUPERVISOR_PROCESS_NAME=None)}
+    with pytest.raises(CommandExecutionError) as err:
+        rpc.start("app", socket=SOCK, ready_port=8888)
+    text = str(err.value)
+    assert ("app: start failed: port 8888 is held by pid 88 (user www-data): {} (its "
+            "SUPERVISOR_PROCESS_NAME is None, not 'app' (app)), not an instance of this "
+            "program: left alone (state FATAL").format(SERVER) in text
+    assert "Address already in use" in text
+    assert port_world.stopped == []
+    assert rpc.port_holders("app", 8888, socket=SOCK) == [{
+        "pid": 88, "user": "www-data", "command": SERVER, "stale": False, "process": None,
+        "reason": "its SUPERVISOR_PROCESS_NAME is None, not 'app' (app)"}]
+
+
+def test_a_stale_instance_found_after_a_failed_start_is_stopped_once(rpc, fake, port_world):
+    """E.g. it was not listening yet when looked at: after the failure it is, once."""
+    daemon = fake(info("app", "app", "STOPPED"))
+    daemon.start_plans["app"] = ["STARTING", "FATAL"]
+    port_world.holders = {77: holder()}
+    original = daemon.startProcess
+
+    def start_then_twin(spec, wait):
+        port_world.listening = {77}
+        daemon.startProcess = original
+        answer = original(spec, wait)  # this start fails: the port is taken ...
+        daemon.start_plans["app"] = ["STARTING", "RUNNING"]  # ... the next one will not
+        return answer
+
+    daemon.startProcess = start_then_twin
+    result = rpc.start("app", socket=SOCK, ready_port=8888)
+    assert port_world.stopped == [[77]]
+    assert [c for c in daemon.changing_calls() if c[0] == "startProcess"] == [
+        ("startProcess", "app", False), ("startProcess", "app", False)]
+    assert result["app"]["stale"][0]["pid"] == 77
+
+
+def test_start_without_ready_port_or_of_a_running_program_scans_nothing(rpc, fake, port_world):
+    fake(info("app", "app", "STOPPED"), info("up", "up", pid=5))
+    port_world.listening, port_world.holders = {77}, {77: holder()}
+    rpc.start("app", socket=SOCK)
+    rpc.start("up", socket=SOCK, ready_port=8888)
+    assert port_world.scans == 0 and port_world.stopped == []
+
+
+def test_the_current_process_and_its_children_are_not_holders(rpc, fake, port_world):
+    fake(info("app", "app", "STARTING", pid=60))
+    port_world.listening, port_world.holders = {61}, {61: holder(61)}
+    port_world.trees = {60: {60, 61}}  # 61: a worker of the process supervisord runs now
+    assert rpc.port_holders("app", 8888, socket=SOCK) == []
+    port_world.trees = {60: {60}}
+    assert rpc.port_holders("app", 8888, socket=SOCK)[0]["stale"] is True
+
+
+def test_a_holder_this_user_cannot_see_is_foreign(rpc, fake, port_world):
+    fake(info("app", "app", "STOPPED"))
+    port_world.listening = {None}
+    port_world.holders = {None: {"pid": None, "user": None, "cmdline": None, "environ": None}}
+    assert rpc.port_holders("app", "8888", socket=SOCK) == [{
+        "pid": None, "user": None, "command": None, "stale": False, "process": None,
+        "reason": "unknown pid"}]
+    with pytest.raises(CommandExecutionError, match="port must be a TCP port number, not 'x'"):
+        rpc.port_holders("app", "x", socket=SOCK)
+
+
+# _stop_twins against real processes (no supervisord): each in its own session, as
+# supervisord makes its programs process-group leaders.
+
+LISTEN = (
+    "import os, signal, socket, sys, time\n"
+    "if sys.argv[2] == 'deaf': signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "if os.fork() == 0:\n"  # a child in the same group, as Jupyter's own would be
+    "    time.sleep(600)\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
+    "print('ready', flush=True); time.sleep(600)\n"
+)
+
+
+def spawn_listener(deaf=False):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", LISTEN, str(port), "deaf" if deaf else "-"],
+                            stdout=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout.readline() == b"ready\n"
+    return proc, port
+
+
+@pytest.mark.parametrize("deaf,signal_used", [(False, "TERM"), (True, "KILL")])
+def test_stop_twins_stops_the_process_group_then_waits_for_the_port(rpc, deaf, signal_used):
+    proc, port = spawn_listener(deaf)
+    group = [p.pid for p in psutil.Process(proc.pid).children()] + [proc.pid]
+    try:
+        twin = dict(rpc._holder(proc.pid), twin_of="app")
+        assert proc.pid in rpc._listeners(port)
+        began = time.monotonic()
+        done = rpc._stop_twins(types.SimpleNamespace(path=SOCK), [twin], port,
+                               {"app": config("app", "app", stopwaitsecs=1)})
+        assert done == [{"pid": proc.pid, "user": twin["user"], "stopped": True,
+                         "command": shlex.join(twin["cmdline"]), "signal": signal_used,
+                         "process": "app"}]
+        assert (time.monotonic() - began >= 1) is deaf  # stopwaitsecs before SIGKILL
+        assert proc.wait(5) == -getattr(signal, "SIG" + signal_used)
+        assert all(rpc._gone(psutil.Process(p)) if psutil.pid_exists(p) else True for p in group)
+        assert proc.pid not in rpc._listeners(port)
+    finally:
+        for pid in group:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
