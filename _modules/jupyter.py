@@ -106,19 +106,6 @@ def _hidden_url(url):
     return CREDENTIALS.sub(f"{HIDDEN}@", url) if isinstance(url, str) else url
 
 
-def _venv_id(inst):
-    """What a venv holds: the interpreter and the pip inputs (credentials left out)."""
-    pip = inst["pip"]
-    recipe = {
-        "python": os.path.realpath(inst["python"]),
-        "packages": inst["packages"],
-        "index_url": _hidden_url(pip["index_url"]),
-        "extra_index_urls": [_hidden_url(url) for url in pip["extra_index_urls"]],
-        "trusted_hosts": pip["trusted_hosts"],
-    }
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def _systemd_booted():
     # what sd_booted(3) checks: PID 1 is systemd
     return os.path.isdir("/run/systemd/system")
@@ -179,7 +166,8 @@ def _derive_instance(name, inst, entry, top, single):
     inst["program_file"] = f"{sup['conf_dir']}/{program}{sup['conf_ext']}"
     inst["log_files"] = [f"{sup['log_dir']}/{program}.log", f"{sup['log_dir']}/{program}.err.log"]
     inst["jupyter_bin"] = posixpath.join(inst["venv"], "bin", f"jupyter-{inst['app']}")
-    inst["venv_id"] = _venv_id(inst)
+    # what the venv holds: python and its X.Y version, packages, index URLs (no credentials)
+    inst["venv_id"] = __salt__["jupyter_venv.venv_id"](inst["python"], inst["packages"], inst["pip"], top["venv_store"])
     inst["venv_dir"] = posixpath.join(top["venv_store"], inst["venv_id"])
     for key in ("venv_store", "upgrade", "state_dir"):  # top-level only, for the states' convenience
         inst[key] = top[key]
@@ -318,6 +306,7 @@ def _record_entry(inst):
         "log_files": inst["log_files"],
         "root_dir": inst["root_dir"],
         "user": inst["user"],
+        "home": inst["home"],
         "venv": inst["venv"],
         "site": inst["site"],
         "limits_enforcement": inst["limits_enforcement"],
@@ -338,8 +327,12 @@ def _created_directories(result, old_record):
     for site in result["sites"].values():
         if site["tls"] and site["tls"]["manage_files"]:
             wanted.add(posixpath.dirname(site["tls"]["certificate"]))
-    known = set(old_record.get("directories") or [])
-    return sorted(known | {path for path in wanted if not os.path.lexists(path)})
+    created = set(old_record.get("directories") or [])
+    for path in wanted:  # with the parents a makedirs would make
+        while path and path != "/" and not os.path.lexists(path):
+            created.add(path)
+            path = posixpath.dirname(path)
+    return sorted(created)
 
 
 def _derive(top, instances, entries, single, os_family):
@@ -462,7 +455,9 @@ def _validate_and_derive(pillar, saltenv, os_family, require_password):
     # derive first (paths the checks need: program names, config files, root_dirs),
     # then check the classes of danger on the derived values
     result = _derive(top, instances, entries, single, os_family)
-    facts = check["jupyter_pillar.gather_facts"](result)
+    # jupyter.clean (require_password False) removes only what the record names: the
+    # rules about the host's accounts and directories must not stop it half way
+    facts = check["jupyter_pillar.gather_facts"](result) if require_password else {}
     for name, inst in result["instances"].items():
         errors += check["jupyter_pillar.check_instance"](inst, paths[name], facts, require_password)
     if not single:
@@ -499,7 +494,9 @@ def settings(pillar=None, saltenv=None, os_family=None, require_password=True, r
         Use this os family instead of the minion's ``os_family`` grain.
 
     require_password
-        False accepts a pillar without password (what ``jupyter.clean`` needs).
+        False accepts a pillar without password and skips the rules about the host's
+        accounts and directories (what ``jupyter.clean`` needs: it removes only what
+        the formula's record names).
 
     reveal_secrets
         For the formula's own states: the real values instead of ``<hidden>``. They

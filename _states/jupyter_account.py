@@ -44,6 +44,10 @@ def recorded(record):
 
 
 def _write(record, accounts):
+    if not accounts:  # nothing left to remember: no file (jupyter.clean removes its dir)
+        if os.path.exists(record):
+            os.unlink(record)
+        return
     os.makedirs(os.path.dirname(record), mode=0o700, exist_ok=True)
     tmp = f"{record}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -120,14 +124,14 @@ def present(name, home, shell, record, group=None, config_file=None):
     return ret
 
 
-def absent(name, record):
-    """Remove the account if the formula created it (its record says so); the home and
-    the notebooks are kept."""
+def absent(name, record, purge=False):
+    """Remove the account if the formula created it (its record says so). ``purge``
+    removes its home too (the formula made it; notebooks live in root_dir)."""
     ret = {"name": name, "result": True, "changes": {}, "comment": ""}
     if name not in recorded(record):
         ret["comment"] = f"account {name} was not created by the formula: left alone"
         return ret
-    user_ret = __states__["user.absent"](name=name, purge=False)
+    user_ret = __states__["user.absent"](name=name, purge=purge)
     ret.update(result=user_ret["result"], changes=dict(user_ret["changes"]), comment=user_ret["comment"])
     if user_ret["result"] and not __opts__["test"]:
         _write(record, [account for account in recorded(record) if account != name])

@@ -22,10 +22,14 @@ def run():
     }
     if s["clean"]["user"]:
         for user in sorted({inst["user"] for inst in deployed.values()}):
+            mine = [inst for inst in deployed.values() if inst["user"] == user]
+            home, roots = mine[0].get("home"), [inst["root_dir"] for inst in mine]
             states[f"jupyter-clean-package-user-{user}"] = {
                 "jupyter_account.absent": [
                     {"name": user},
                     {"record": f"{s['state_dir']}/accounts.json"},
+                    # the home goes with the account, unless notebooks live in it
+                    {"purge": bool(home) and not any(r == home or r.startswith(home + "/") for r in roots)},
                     {"require": [{"sls": "jupyter.clean.supervisor"}]},
                 ]
             }

@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from salt.exceptions import SaltInvocationError
 
-from support.loader import REPO, load
+from support.loader import REPO, load, settings_module
 
 jp = load("_modules", "jupyter_pillar")
 
@@ -551,26 +551,17 @@ def derived(pillar):
     """The instances as jupyter.settings derives them (its own _derive) and hands them
     to check_instances."""
     seen = []
-    module = load("_modules", "jupyter", grains={"os_family": "Debian"}, pillar={"jupyter": pillar}, salt={
-        "cp.get_file_str": lambda url, saltenv="base": (REPO / url.replace("salt://", "")).read_text(),
-        "jupyter_pillar.check_layer": jp.check_layer,
-        "jupyter_pillar.gather_facts": lambda result: {},
+    settings_module(pillar, **{
         "jupyter_pillar.check_instance": lambda *args: [],
         "jupyter_pillar.check_instances": lambda instances, facts: seen.append(copy.deepcopy(instances)) or [],
-    })
-    module.settings(reveal_secrets=True)
+    }).settings(reveal_secrets=True)
     return seen[0]
 
 
 def pipeline_errors(pillar):
     """Every error jupyter.settings gives for a pillar (the real checks, no host facts)."""
-    module = load("_modules", "jupyter", grains={"os_family": "Debian"}, pillar={"jupyter": pillar}, salt={
-        "cp.get_file_str": lambda url, saltenv="base": (REPO / url.replace("salt://", "")).read_text(),
-        **{f"jupyter_pillar.{name}": getattr(jp, name) for name in ("check_layer", "check_instance", "check_instances")},
-        "jupyter_pillar.gather_facts": lambda result: {},
-    })
     try:
-        module.settings()
+        settings_module(pillar).settings()
     except SaltInvocationError as exc:
         return str(exc).splitlines()[1:]
     return []

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from salt.exceptions import SaltInvocationError
 
-from support.loader import file_str, load
+from support.loader import settings_module
 
 GOOD = {"password": "correct horse battery"}
 
@@ -39,20 +39,7 @@ def settings(pillar, os_family="Debian", context=None, **kwargs):
 def loaded(pillar, os_family="Debian", context=None, calls=None):
     """The jupyter module with the real validator; calls (a list) records each
     check_layer call, that is each run of the pipeline."""
-    validator = load("_modules", "jupyter_pillar")
-    checks = {
-        f"jupyter_pillar.{name}": getattr(validator, name)
-        for name in ("check_layer", "check_instance", "check_instances")
-    }
-    module = load(
-        "_modules",
-        "jupyter",
-        # no host facts: the rules that need them are skipped (tests/unit/modules/test_jupyter_pillar.py)
-        salt={"cp.get_file_str": file_str, **checks, "jupyter_pillar.gather_facts": lambda result: {}},
-        grains={"os_family": os_family},
-        pillar={"jupyter": pillar},
-        context={} if context is None else context,
-    )
+    module = settings_module(pillar, os_family, context)
     if calls is not None:
         real = module.__salt__["jupyter_pillar.check_layer"]
         module.__salt__["jupyter_pillar.check_layer"] = lambda *a: calls.append(a) or real(*a)
