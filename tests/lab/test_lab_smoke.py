@@ -75,6 +75,23 @@ def test_baked_salt(lab, smoke):
     assert res.ok and res.stdout.startswith("salt-call 3008.4 "), res
 
 
+def test_each_suite_boots_with_its_release_and_the_baked_salt(lab, suite):
+    node = f"salt{lab.SUITES[suite]}"  # salt12, salt13
+    lab.boot(node, suite=suite)
+    try:
+        release = lab.run(node, ". /etc/os-release; echo $VERSION_CODENAME $VERSION_ID").stdout.split()
+        assert release == [suite, lab.SUITES[suite]]
+        assert lab.run(node, ["systemctl", "is-system-running"]).stdout.strip() == "running"
+        assert lab.node_suite(node) == suite
+        assert lab.salt_call(node, "test.ping") is True
+        assert lab.salt_call(node, "grains.item", "osmajorrelease")["osmajorrelease"] == int(lab.SUITES[suite])
+        res = lab.run(node, [f"{lab.SALT_VENV}/bin/python", "-c", "import argon2, zxcvbn, salt.version; "
+                             "print(salt.version.__version__)"])
+        assert res.ok and res.stdout.strip() == lab.SALT_VERSION, res
+    finally:
+        lab.remove(node)
+
+
 def test_reboot_keeps_state(lab, smoke):
     lab.put(smoke, "/root/kept", "kept\n")
     lab.reboot(smoke)
