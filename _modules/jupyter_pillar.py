@@ -1153,6 +1153,11 @@ def _check_tls(inst, path, facts, errors):
                 f"{path}:nginx:server_name: acme needs the real host names of the site, "
                 f"not {', '.join(bad)}"
             )
+        if nginx.get("listen") != 80:
+            errors.append(
+                f"{path}:nginx:listen: acme's http-01 challenges always come to port 80, "
+                f"and the site listens on {nginx.get('listen')}"
+            )
         return
     for kind in defaults:
         pem = tls.get(f"{kind}_pem")

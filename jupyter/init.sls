@@ -4,5 +4,6 @@ include:
   - jupyter.config
   - jupyter.supervisor
   - jupyter.nginx
+  - jupyter.acme
   - jupyter.removed
   - jupyter.record

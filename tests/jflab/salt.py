@@ -19,11 +19,13 @@ def first_json(text: str):
 
 def salt_changed(results: dict) -> list[str]:
     """IDs of the states that changed something, from one minion's state results."""
-    return sorted(ret["__id__"] for ret in results.values() if ret.get("changes"))
+    return sorted(ret.get("__id__", key) for key, ret in results.items() if ret.get("changes"))
 
 
 def salt_failed(results: dict) -> dict[str, str]:
-    return {ret["__id__"]: ret.get("comment") for ret in results.values() if ret.get("result") is False}
+    """{state id: comment} of the failed states (Salt's "state not found" entries have no
+    __id__: their key stands in)."""
+    return {ret.get("__id__", key): ret.get("comment") for key, ret in results.items() if ret.get("result") is False}
 
 
 def salt_call(name: str, *args: str, timeout: float = 300):

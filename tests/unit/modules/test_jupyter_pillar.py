@@ -273,6 +273,8 @@ CLASS_CASES = [
     ("tls-acme-no-email", {"nginx": {"server_name": "nb.example.org", "tls": {"acme": {"renew_before_days": 20}}}}, None,
      ["jupyter:nginx:tls:acme:email: required"]),
     ("tls-acme-catch-all", {"nginx": {"tls": {"acme": ACME}}}, None, ["jupyter:nginx:server_name", "acme needs"]),
+    ("tls-acme-not-port-80", {"nginx": {"server_name": "nb.example.org", "listen": 8080, "tls": {"acme": ACME}}}, None,
+     ["jupyter:nginx:listen", "always come to port 80"]),
     ("tls-acme-http-directory", {"nginx": {"server_name": "nb.example.org",
                                            "tls": {"acme": {**ACME, "directory": "http://acme.example/dir"}}}}, None,
      ["jupyter:nginx:tls:acme:directory"]),
