@@ -4,6 +4,8 @@ loader mocked and the real validator (without host facts)."""
 import datetime
 import json
 
+import yaml
+
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -243,3 +245,23 @@ def test_instance_errors_name_the_instance():
     with pytest.raises(SaltInvocationError) as err:
         settings(pillar)
     assert "jupyter:instances:" in str(err.value) and "8901" in str(err.value)
+
+
+def _keys(tree, prefix=""):
+    out = set()
+    for key, value in tree.items():
+        out.add(prefix + key)
+        if isinstance(value, dict):
+            out |= _keys(value, f"{prefix}{key}:")
+    return out
+
+
+def test_pillar_example_documents_every_default_and_applies_once_it_has_a_password():
+    from support.loader import REPO  # noqa: PLC0415
+
+    example = yaml.safe_load((REPO / "pillar.example").read_text())["jupyter"]
+    defaults = yaml.safe_load((REPO / "jupyter/defaults.yaml").read_text())["jupyter"]
+    assert _keys(defaults) <= _keys(example), sorted(_keys(defaults) - _keys(example))
+    with pytest.raises(SaltInvocationError, match="jupyter:password"):
+        settings(example)  # as it is: no password
+    assert settings({**example, "password": "Example-Quartz-71-lantern-x"})["mode"] == "single"
