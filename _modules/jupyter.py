@@ -186,6 +186,59 @@ def _derive_instance(name, inst, entry, top, single):
     return inst
 
 
+# settings the formula owns that pillar `config` may extend: deep-merged, the formula's keys win
+EXTENDABLE = (("IdentityProvider", "cookie_options"), ("ServerApp", "tornado_settings"))
+
+
+def _deep_merge(base, extra):
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _server_config(inst, single):
+    """The jupyter_server traitlets of one instance (the JSON config the formula writes,
+    without the password hash, which jupyter_config.managed adds): a server behind nginx,
+    pillar `config` merged over it."""
+    server = inst["server"]
+    config = {
+        "ServerApp": {
+            "ip": server["ip"],
+            "port": server["port"],
+            "port_retries": 0,  # a busy port must fail, not move where nginx cannot find it
+            "base_url": server["base_url"],
+            "root_dir": inst["root_dir"],
+            "open_browser": False,
+            "allow_remote_access": True,  # requests arrive through nginx with the public Host
+            "trust_xheaders": True,  # client address and scheme from nginx's X- headers
+            "allow_root": False,
+        },
+        "IdentityProvider": {"token": ""},  # password login only
+        "PasswordIdentityProvider": {
+            "password_required": True,
+            "allow_password_change": False,  # the password belongs to pillar
+        },
+    }
+    if not single:
+        # instances under one host name: each its own login cookie, not the host's one
+        config["IdentityProvider"]["cookie_name"] = f"jupyter-{inst['name']}"
+    if inst["nginx"]["tls"]:
+        config["IdentityProvider"]["cookie_options"] = {"secure": True, "samesite": "Lax"}
+        # the _xsrf cookie too (jupyter_server's own default for it is the path only)
+        config["ServerApp"]["tornado_settings"] = {
+            "xsrf_cookie_kwargs": {"path": server["base_url"], "secure": True}
+        }
+    extra = copy.deepcopy(inst["config"])
+    for cls, trait in EXTENDABLE:
+        given = (extra.get(cls) or {}).pop(trait, None)
+        if given:
+            config.setdefault(cls, {})[trait] = _deep_merge(given, config.get(cls, {}).get(trait) or {})
+    for cls, traits in extra.items():
+        config.setdefault(cls, {}).update(traits)
+    return config
+
+
 def _site_key(inst):
     nginx = inst["nginx"]
     return (tuple(nginx["server_name"]), nginx["listen"])
@@ -464,9 +517,13 @@ def _validate_and_derive(pillar, saltenv, os_family, require_password):
         errors += check["jupyter_pillar.check_instances"](result["instances"], facts)
     if errors:
         return None, errors
-    # checked: each instance now sees its site's TLS (with the derived file paths)
+    # checked: each instance now sees its site's TLS (with the derived file paths), and
+    # gets the jupyter_server config the formula writes for it
     for inst in result["instances"].values():
         inst["nginx"]["tls"] = result["sites"][inst["site"]]["tls"]
+        inst["server_config"] = _server_config(inst, single)
+    if single:
+        result["server_config"] = result["instances"][SINGLE]["server_config"]
     return result, errors
 
 

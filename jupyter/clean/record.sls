@@ -1,7 +1,9 @@
 #!py
 """The reverse of jupyter.record: the record of what was deployed, then the directories
-the formula created when they are empty (notebook directories are never removed). The
-record of created accounts stays while those accounts do."""
+the formula created when they are empty. Notebook directories are never removed, and
+the record keeps just them (and the parents the formula made for them), so that a later
+deploy knows they are the formula's. The record of created accounts stays while those
+accounts do."""
 
 from salt.exceptions import SaltInvocationError
 
@@ -13,12 +15,17 @@ def run():
         return {"include": ["jupyter.invalid_pillar"]}
     notebooks = {inst["root_dir"] for inst in s["deployed"].values()}
     before = [{"sls": f"jupyter.clean.{part}"} for part in ("nginx", "supervisor", "config", "package")]
-    states = {
-        "jupyter-clean-record": {
-            "file.absent": [{"name": s["record"]["file"]}, {"require": before}]
-        }
-    }
-    directories = [d for d in s["record"]["data"]["directories"] if d not in notebooks]
+    created = s["record"]["data"]["directories"]
+    kept = [d for d in created if any(nb == d or nb.startswith(d + "/") for nb in notebooks)]
+    if kept:
+        record = {"file.serialize": [
+            {"name": s["record"]["file"]}, {"dataset": {"version": 1, "directories": kept}},
+            {"serializer": "json"}, {"user": "root"}, {"mode": "0600"}, {"require": before},
+        ]}
+    else:
+        record = {"file.absent": [{"name": s["record"]["file"]}, {"require": before}]}
+    states = {"jupyter-clean-record": record}
+    directories = [d for d in created if d not in kept]
     # deepest first, each after the one before: a parent is empty once its children are gone
     previous = {"file": "jupyter-clean-record"}
     for directory in sorted(set(directories) | {s["state_dir"]}, key=len, reverse=True):

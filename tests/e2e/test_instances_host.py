@@ -11,6 +11,7 @@ touched. The systemd side (slices) is proven on lab nodes (tests/lab/test_instan
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -69,6 +70,7 @@ def program_pid(dep, program):
 @pytest.fixture(scope="module")
 def site():
     with host_lock():
+        shutil.rmtree(PILLAR["root_dir"], ignore_errors=True)  # this test's own notebooks of an earlier run
         dep = Deployment("inst", PILLAR)
         proc = dep.deploy()
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
@@ -78,6 +80,11 @@ def site():
         dep.update_pillar({"clean": {"user": True}})
         cleaned = dep.apply(sls="jupyter.clean")
         assert not failed(cleaned), failed(cleaned)
+        # the notebooks stay, out of reach of whoever gets the removed accounts' uids
+        for name in ("a", "b"):
+            kept = os.stat(f"{PILLAR['root_dir']}/{name}")
+            assert (kept.st_uid, kept.st_mode & 0o777) == (0, 0o700)
+        shutil.rmtree(PILLAR["root_dir"])
 
 
 def test_each_instance_logs_in_with_its_own_password_only(site):

@@ -116,7 +116,7 @@ def test_a_venv_goes_live_only_after_its_config(debian):
 
 def test_the_record_is_written_last_and_root_only(debian):
     assert edges(debian, "jupyter-record", "require") >= {
-        "jupyter.package", "jupyter.config", "jupyter.supervisor", "jupyter.nginx", "jupyter.removed"}
+        "jupyter.package", "jupyter.config", "jupyter.supervisor", "jupyter.nginx", "jupyter-removed"}
     assert arg(debian, "jupyter-record", "mode") == "0600"
 
 

@@ -265,3 +265,23 @@ def test_pillar_example_documents_every_default_and_applies_once_it_has_a_passwo
     with pytest.raises(SaltInvocationError, match="jupyter:password"):
         settings(example)  # as it is: no password
     assert settings({**example, "password": "Example-Quartz-71-lantern-x"})["mode"] == "single"
+
+
+def test_each_instance_gets_its_jupyter_server_config():
+    s = settings({**INSTANCES, "config": {"MappingKernelManager": {"cull_idle_timeout": 60},
+                                          "IdentityProvider": {"cookie_options": {"max_age": 3600}}}})
+    alice = s["instances"]["alice"]["server_config"]
+    assert alice["ServerApp"]["port"] == 8901 and alice["ServerApp"]["base_url"] == "/alice/"
+    assert alice["ServerApp"]["root_dir"] == "/srv/jupyter/alice"
+    assert alice["IdentityProvider"]["cookie_name"] == "jupyter-alice"  # one host name, a cookie each
+    assert alice["IdentityProvider"]["token"] == "" and alice["MappingKernelManager"] == {"cull_idle_timeout": 60}
+    assert alice["IdentityProvider"]["cookie_options"] == {"max_age": 3600}
+    single = settings(GOOD)["server_config"]
+    assert "cookie_name" not in single["IdentityProvider"]  # one server: today's config, byte for byte
+
+
+def test_pillar_cookie_options_merge_under_the_formulas_own_behind_tls():
+    cert, key = tls_pair()
+    s = settings({**GOOD, "nginx": {"tls": {"certificate_pem": cert, "certificate_key_pem": key}},
+                  "config": {"IdentityProvider": {"cookie_options": {"max_age": 3600}}}})
+    assert s["server_config"]["IdentityProvider"]["cookie_options"] == {"max_age": 3600, "secure": True, "samesite": "Lax"}
