@@ -420,6 +420,14 @@ def _derive(top, instances, entries, single, os_family):
         program: entry for program, entry in sorted((old.get("instances") or {}).items())
         if program not in programs
     }
+    # slices of an earlier run no instance runs in now (removed, or its limits dropped):
+    # {slice: program that ran in it}
+    slices = {(inst["limits_enforcement"] or {}).get("slice") for inst in instances.values()}
+    result["stale_slices"] = {
+        entry["limits_enforcement"]["slice"]: program
+        for program, entry in sorted((old.get("instances") or {}).items())
+        if (entry.get("limits_enforcement") or {}).get("slice") not in slices | {None}
+    }
     result["removed_sites"] = {
         site: entry for site, entry in sorted((old.get("sites") or {}).items())
         if site not in result["sites"]

@@ -994,6 +994,14 @@ def _summary(checks, seconds):
     }
 
 
+def _fresh_pillar():
+    """Pillar ``jupyter`` compiled now (unmasked: the doctor logs in with the password);
+    None (the minion's own copy) where pillar.items is not there."""
+    if "pillar.items" not in __salt__:
+        return None
+    return (__salt__["pillar.items"](unmask=True) or {}).get("jupyter") or {}
+
+
 def doctor(cert_days=14, min_free_percent=5, min_free_bytes="1G", timeout=3, authenticate=True):
     """
     Check this host end to end, from the host, as deployed by the formula: nginx,
@@ -1078,8 +1086,11 @@ def doctor(cert_days=14, min_free_percent=5, min_free_bytes="1G", timeout=3, aut
     saltenv = __opts__.get("saltenv") or "base"
     checks = []
 
+    # the pillar as it is now, not the minion's in-memory copy (a long-running minion
+    # keeps that until saltutil.refresh_pillar; a state run does not refresh it)
+    pillar = _fresh_pillar()
     try:
-        settings = __salt__["jupyter.settings"]()
+        settings = __salt__["jupyter.settings"](pillar=pillar)
     except (SaltInvocationError, CommandExecutionError) as exc:
         settings = None
         checks.append(_entry("settings", "pillar", False, str(exc)))
@@ -1092,7 +1103,7 @@ def doctor(cert_days=14, min_free_percent=5, min_free_bytes="1G", timeout=3, aut
             checks += program_checks
             passwords = {}
             if authenticate:
-                revealed = __salt__["jupyter.settings"](reveal_secrets=True)
+                revealed = __salt__["jupyter.settings"](pillar=pillar, reveal_secrets=True)
                 passwords = {n: i.get("password") for n, i in revealed["instances"].items()}
                 revealed = None
             deadline = time.monotonic() + 2 * timeout

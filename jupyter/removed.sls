@@ -1,7 +1,9 @@
 #!py
-"""Instances a previous run deployed and this pillar no longer names (the formula's
-record says which): their program, config, logs and slice go; their notebooks and the
-other instances stay. Their nginx locations go with the sites (jupyter.nginx)."""
+"""What a previous run deployed and this pillar no longer names (the formula's record
+says which): instances' programs, configs, logs and venv links; slices no instance runs
+in any more (removed, or its limits dropped), stopped after their program moved out.
+Notebooks and the other instances stay. nginx locations go with the sites
+(jupyter.nginx)."""
 
 import glob
 
@@ -25,14 +27,32 @@ def run():
                 {"socket": s["supervisor"]["socket"]},
             ]
         }
-        paths = [gone["config_file"]]
+        paths = [gone["config_file"], gone["venv"]]
         for log in gone["log_files"]:  # with supervisor's rotated backups (.1, .2, ...)
             paths += [log] + sorted(glob.glob(f"{glob.escape(log)}.[0-9]*"))
-        if (gone.get("limits_enforcement") or {}).get("slice"):
-            paths.append(f"/etc/systemd/system/{gone['limits_enforcement']['slice']}")
         for path in paths:
             states[f"jupyter-removed-{path}"] = {
                 "file.absent": [{"name": path}, {"require": [{"supervisor_program": program_state}]}]
             }
             done["test.nop"][0]["require"].append({"file": f"jupyter-removed-{path}"})
+    programs = {inst["program"]: inst["sid"] for inst in s["instances"].values()}
+    units = []
+    for unit, program in s["stale_slices"].items():
+        # once its program is gone, or restarted outside it (this run's program state)
+        moved = ({"supervisor_program": f"jupyter-removed-program-{program}"} if program in s["removed"]
+                 else {"supervisor_program": f"jupyter-supervisor-program{programs[program]}"})
+        states[f"jupyter-removed-stop-{unit}"] = {"cmd.run": [
+            {"name": f"systemctl stop {unit}"}, {"onlyif": f"systemctl -q is-active {unit}"},
+            {"require": [moved]},
+        ]}
+        states[f"jupyter-removed-{unit}"] = {"file.absent": [
+            {"name": f"/etc/systemd/system/{unit}"}, {"require": [{"cmd": f"jupyter-removed-stop-{unit}"}]},
+        ]}
+        units.append({"file": f"jupyter-removed-{unit}"})
+        done["test.nop"][0]["require"].append({"file": f"jupyter-removed-{unit}"})
+    if units:
+        states["include"] = ["jupyter.supervisor"]
+        states["jupyter-removed-systemd-reload"] = {"cmd.run": [
+            {"name": "systemctl daemon-reload"}, {"onchanges": units},
+        ]}
     return states

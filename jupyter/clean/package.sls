@@ -32,10 +32,10 @@ def run():
     }
     accounts = f"{s['state_dir']}/accounts.json"
     if s["clean"]["user"]:
-        created = _created_accounts(accounts)
-        for user in sorted({inst["user"] for inst in deployed.values()} & created):
+        # every account the formula created, also those of instances removed long ago
+        for user in sorted(_created_accounts(accounts)):
             mine = [inst for inst in deployed.values() if inst["user"] == user]
-            home, roots = mine[0].get("home"), [inst["root_dir"] for inst in mine]
+            home, roots = (mine[0].get("home") if mine else None), [inst["root_dir"] for inst in mine]
             for root_dir in roots:
                 # the notebooks stay, out of reach of whoever gets the account's uid later
                 states[f"jupyter-clean-package-notebooks-{root_dir}"] = {"file.directory": [

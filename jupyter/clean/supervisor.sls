@@ -22,7 +22,16 @@ def run():
         f"{SYSTEMD_DIR}/{sup['service']}.service.d/jupyter-formula.conf",
         LIMITS_RUNNER,
     ]
-    programs = []
+    programs, stops = [], []
+
+    def stop(unit, after):
+        states[f"jupyter-clean-supervisor-stop-{unit}"] = {"cmd.run": [
+            {"name": f"systemctl stop {unit}"}, {"onlyif": f"systemctl -q is-active {unit}"},
+            {"require": after},
+        ]}
+        stops.append({"cmd": f"jupyter-clean-supervisor-stop-{unit}"})
+        files.append(f"{SYSTEMD_DIR}/{unit}")
+
     for program, inst in sorted(deployed.items()):
         sid = f"jupyter-clean-supervisor-program-{program}"
         programs.append({"supervisor_program": sid})
@@ -36,13 +45,16 @@ def run():
         }
         for log in inst["log_files"]:
             files += [log] + sorted(glob.glob(f"{glob.escape(log)}.[0-9]*"))
-        if (inst.get("limits_enforcement") or {}).get("slice"):
-            files.append(f"{SYSTEMD_DIR}/{inst['limits_enforcement']['slice']}")
+        unit = (inst.get("limits_enforcement") or {}).get("slice")
+        if unit:
+            stop(unit, [{"supervisor_program": sid}])
         # the program file too, when supervisord was not running to take it away
         files.append(inst["program_file"])
+    for unit in s["stale_slices"]:  # left by an earlier run (limits dropped)
+        stop(unit, programs)
     for path in files:
         states[f"jupyter-clean-supervisor-{path}"] = {
-            "file.absent": [{"name": path}, {"require": programs}]
+            "file.absent": [{"name": path}, {"require": programs + stops}]
         }
     units = [{"file": f"jupyter-clean-supervisor-{p}"} for p in files if p.startswith(SYSTEMD_DIR)]
     states["jupyter-clean-supervisor-systemd-reload"] = {

@@ -118,7 +118,7 @@ def oom_kills(name):
 
 def test_a_kernel_past_its_memory_limit_is_killed_and_only_it(site):
     a_pid = program_pid(site, "jupyter-inst-a")
-    assert f"memory:/jupyter-formula/a" in Path(f"/proc/{a_pid}/cgroup").read_text()
+    assert "memory:/jupyter-formula/a" in Path(f"/proc/{a_pid}/cgroup").read_text()
     assert int((CGROUP_MEMORY / "a" / "memory.limit_in_bytes").read_text()) == MEMORY
     a, b = login("a"), login("b")
     a_kernel, b_kernel = a.start_kernel(), b.start_kernel()

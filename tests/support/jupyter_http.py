@@ -130,6 +130,25 @@ class JupyterClient:
         )
 
 
+class NamedClient(JupyterClient):
+    """A JupyterClient for a name-based site reached at an address: every request, the
+    websocket included, carries Host: <name> (and a matching Origin), as a browser that
+    resolved the name would send."""
+
+    def __init__(self, ip, name, base_url="/", timeout=60):
+        super().__init__(f"http://{ip}{base_url}", timeout=timeout)
+        self.host = name
+        self.session.headers["Host"] = name
+        self.session.trust_env = False  # straight to the address
+
+    def open_channels(self, kernel_id):
+        session_id = uuid.uuid4().hex
+        conn = websocket.create_connection(
+            self.websocket_url(kernel_id, session_id), cookie=self.cookie_header(), host=self.host,
+            origin=f"http://{self.host}", header=self.xsrf_headers(), timeout=self.timeout)
+        return conn, session_id
+
+
 def execute_request(code, msg_id, session_id):
     return {
         "header": {

@@ -285,3 +285,18 @@ def test_pillar_cookie_options_merge_under_the_formulas_own_behind_tls():
     s = settings({**GOOD, "nginx": {"tls": {"certificate_pem": cert, "certificate_key_pem": key}},
                   "config": {"IdentityProvider": {"cookie_options": {"max_age": 3600}}}})
     assert s["server_config"]["IdentityProvider"]["cookie_options"] == {"max_age": 3600, "secure": True, "samesite": "Lax"}
+
+
+def test_slices_no_instance_runs_in_any_more_are_stale(tmp_path, monkeypatch):
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    module = loaded({**INSTANCES, "state_dir": str(state_dir)})
+    monkeypatch.setattr(module, "_systemd_booted", lambda: True)
+    first = module.settings()
+    assert first["instances"]["alice"]["limits_enforcement"]["slice"] == "jupyter-alice.slice"
+    (state_dir / "record.json").write_text(json.dumps(first["record"]["data"]))
+    dropped = {**INSTANCES, "state_dir": str(state_dir), "instances": {
+        **INSTANCES["instances"], "alice": {k: v for k, v in INSTANCES["instances"]["alice"].items() if k != "limits"}}}
+    module = loaded(dropped)
+    monkeypatch.setattr(module, "_systemd_booted", lambda: True)
+    assert module.settings()["stale_slices"] == {"jupyter-alice.slice": "jupyter-alice"}
