@@ -699,7 +699,7 @@ def _foreign_text(port, foreign):
 # --- start and stop ------------------------------------------------------------
 
 
-def _start(sv, targets, timeout, ready_port=None, stale=None):
+def _start(sv, targets, timeout, ready_port=None, stale=None, wait=True):
     """
     Start the processes ``targets`` (infos) and wait until each is RUNNING,
     which supervisord grants once a process has stayed up for its startsecs,
@@ -713,6 +713,9 @@ def _start(sv, targets, timeout, ready_port=None, stale=None):
     With ``ready_port``, stale instances holding it are stopped first, and
     once more after a failed start (see the module doc); ``stale`` collects
     them by spec.
+
+    ``wait=False``: done once each process is STARTING (a caller waits for them all
+    together later, e.g. several programs starting at once).
     """
     specs = [_namespec(i) for i in targets]
     started = set()
@@ -747,7 +750,7 @@ def _start(sv, targets, timeout, ready_port=None, stale=None):
         if state == "RUNNING":
             return True
         if state == "STARTING":
-            return bool(ready_port and info["pid"] and _listening(info["pid"], ready_port))
+            return not wait or bool(ready_port and info["pid"] and _listening(info["pid"], ready_port))
         if state == "BACKOFF":
             return failed(info) if spec in started else False
         if state == "STOPPING":
@@ -778,7 +781,7 @@ def _stop(sv, targets, timeout):
     return _wait(sv, specs, timeout, step, "STOPPED")
 
 
-def _act(name, socket, timeout, stop=False, start=False, ready_port=None):
+def _act(name, socket, timeout, stop=False, start=False, ready_port=None, wait=True):
     """
     Stop and/or start the processes ``name`` selects; returns
     {spec: {"old": {state, pid}, "new": {state, pid}}}, plus "stale": [...]
@@ -792,7 +795,7 @@ def _act(name, socket, timeout, stop=False, start=False, ready_port=None):
         infos = _stop(sv, targets, timeout)
         targets = [infos[spec] for spec in before]
     if start:
-        infos = _start(sv, targets, timeout, ready_port, stale)
+        infos = _start(sv, targets, timeout, ready_port, stale, wait)
         targets = [infos[spec] for spec in before]
     result = {
         spec: {"old": _brief(before[spec]), "new": _brief(info)}
@@ -933,7 +936,7 @@ def _group_call(sv, method, group):
         raise sv.fault(exc, "{} {}".format(method, group), group)
 
 
-def start(name, timeout=60, socket=None, ready_port=None):
+def start(name, timeout=60, socket=None, ready_port=None, wait=True):
     """
     Start a program (or every process of a group) and wait until it is
     RUNNING, i.e. has stayed up for its ``startsecs``. Processes already
@@ -950,6 +953,10 @@ def start(name, timeout=60, socket=None, ready_port=None):
         supervisord still says STARTING, and a stale instance of the program
         holding it is stopped first (see the module doc).
 
+    wait
+        False: return as soon as each process is STARTING (to wait for several
+        programs together afterwards, with ``start`` again).
+
     Returns ``{process: {"old": {"state", "pid"}, "new": {"state", "pid"}}}``
     for every selected process, with ``"stale": [{"pid", "user", "command",
     "signal", "stopped"}]`` for a process whose stale instances were stopped.
@@ -965,7 +972,7 @@ def start(name, timeout=60, socket=None, ready_port=None):
         salt '*' supervisor_rpc.start 'workers:*' timeout=120
         salt '*' supervisor_rpc.start jupyter ready_port=8888
     """
-    return _act(name, socket, timeout, start=True, ready_port=ready_port)
+    return _act(name, socket, timeout, start=True, ready_port=ready_port, wait=wait)
 
 
 def port_holders(name, port, socket=None):
@@ -1035,11 +1042,11 @@ def stop(name, timeout=60, socket=None):
     return _act(name, socket, timeout, stop=True)
 
 
-def restart(name, timeout=60, socket=None, ready_port=None):
+def restart(name, timeout=60, socket=None, ready_port=None, wait=True):
     """
     Stop, then start a program (or every process of a group), waiting for
-    each step as :py:func:`stop` and :py:func:`start` do (``timeout`` and
-    ``ready_port`` apply as there; ``timeout`` to each step). A stopped
+    each step as :py:func:`stop` and :py:func:`start` do (``timeout``,
+    ``ready_port`` and ``wait`` apply as there; ``timeout`` to each step). A stopped
     program is simply started. Only the named processes
     are touched; supervisord itself is never restarted.
 
@@ -1053,7 +1060,7 @@ def restart(name, timeout=60, socket=None, ready_port=None):
 
         salt '*' supervisor_rpc.restart jupyter
     """
-    return _act(name, socket, timeout, stop=True, start=True, ready_port=ready_port)
+    return _act(name, socket, timeout, stop=True, start=True, ready_port=ready_port, wait=wait)
 
 
 def tail(name, stream="stderr", length=2000, socket=None):

@@ -28,6 +28,7 @@ is started; a port held by anything else is never touched. The rules are in
 the ``supervisor_rpc`` module doc.
 """
 
+import concurrent.futures
 import os
 import time
 
@@ -105,7 +106,7 @@ def _wait_until_reachable(socket, timeout):
             time.sleep(0.5)
 
 
-def running(name, socket=None, timeout=60, ready_port=None):
+def running(name, socket=None, timeout=60, ready_port=None, wait=True):
     """
     Make sure the program runs with the configuration supervisord reads now.
 
@@ -179,7 +180,7 @@ def running(name, socket=None, timeout=60, ready_port=None):
         if not_running:
             # wait for each; a process supervisord was already starting (STARTING, e.g.
             # after an apply moments ago that returned once it listened) is no change of ours
-            done = _rpc("start", name, timeout=timeout, socket=socket, ready_port=ready_port)
+            done = _rpc("start", name, timeout=timeout, socket=socket, ready_port=ready_port, wait=wait)
             _add_stale(ret, done)
             started = [
                 p for p in not_running
@@ -195,7 +196,7 @@ def running(name, socket=None, timeout=60, ready_port=None):
 
     _add_pids(ret, name, socket, before)
     if ret["changes"]:
-        ret["comment"] = _running_comment(name, group, pending, ret["changes"], ready_port)
+        ret["comment"] = _running_comment(name, group, pending, ret["changes"], ready_port if wait else None)
     else:
         ret["comment"] = "{} is already running and up to date".format(name)
     return ret
@@ -452,7 +453,7 @@ def _absent_comment(ret, text):
     return "{} {}; {}".format(verb, removed, text)
 
 
-def mod_watch(name, sfun=None, socket=None, timeout=60, ready_port=None, **kwargs):
+def mod_watch(name, sfun=None, socket=None, timeout=60, ready_port=None, wait=True, **kwargs):
     """
     Called by Salt when a state that ``running`` watches changed and
     ``running`` itself changed nothing: restart the program (Salt does not
@@ -475,7 +476,7 @@ def mod_watch(name, sfun=None, socket=None, timeout=60, ready_port=None, **kwarg
             if ready_port:
                 _predict_stale(ret, name, socket, ready_port, sorted(before))
             return ret
-        done = _rpc("restart", name, timeout=timeout, socket=socket, ready_port=ready_port)
+        done = _rpc("restart", name, timeout=timeout, socket=socket, ready_port=ready_port, wait=wait)
         ret["changes"]["restarted"] = sorted(before)
         _add_stale(ret, done)
     except CommandExecutionError as exc:
@@ -484,4 +485,54 @@ def mod_watch(name, sfun=None, socket=None, timeout=60, ready_port=None, **kwarg
     ret["comment"] = "restarted {}".format(name)
     if ret["changes"].get("stale"):
         ret["comment"] += "; " + _stale_text(ret["changes"]["stale"], ready_port)
+    return ret
+
+
+def ready(name, programs, socket=None, timeout=60):
+    """
+    Wait for several programs together until each is up: RUNNING, or listening
+    on its port (what :py:func:`running` waits for one program at a time). The
+    programs' own states start them with ``wait: False``, so that they start side
+    by side. A program that ends FATAL or BACKOFF fails the state, with the tail of
+    its stderr log (a program found stopped is started once more, as its own
+    state would). Reports no changes: the programs' own states do.
+
+    name
+        A label for the group of programs.
+
+    programs
+        ``{program: ready_port}`` (``None``: wait for RUNNING).
+
+    .. code-block:: yaml
+
+        jupyter-supervisor-ready:
+          supervisor_program.ready:
+            - programs: {jupyter-alice: 8901, jupyter-bob: 8902}
+            - require:
+              - supervisor_program: jupyter-supervisor-program-alice
+              - supervisor_program: jupyter-supervisor-program-bob
+    """
+    ret = _ret(name)
+    if _test():
+        ret["comment"] = "would wait until {} are up".format(", ".join(sorted(programs)))
+        return ret
+
+    def wait_for(program):
+        try:
+            _rpc("start", program, timeout=timeout, socket=socket, ready_port=programs[program])
+            return None
+        except CommandExecutionError as exc:
+            return str(exc)
+
+    # one thread each: Jupyter servers take about as long to import as to start
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(programs))) as pool:
+        problems = dict(zip(sorted(programs), pool.map(wait_for, sorted(programs))))
+    failed = {program: why for program, why in problems.items() if why}
+    if failed:
+        ret["result"] = False
+        ret["comment"] = "\n".join("{}: {}".format(program, why) for program, why in sorted(failed.items()))
+        return ret
+    ret["comment"] = "up: " + ", ".join(
+        "{} (port {})".format(p, programs[p]) if programs[p] else p for p in sorted(programs)
+    )
     return ret

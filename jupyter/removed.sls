@@ -50,6 +50,15 @@ def run():
         ]}
         units.append({"file": f"jupyter-removed-{unit}"})
         done["test.nop"][0]["require"].append({"file": f"jupyter-removed-{unit}"})
+    in_use = any((inst["limits_enforcement"] or {}).get("slice") for inst in s["instances"].values())
+    if units and not in_use:
+        # the instances' parent slice, with no child left: stopped, so that systemd lets
+        # go of both (an active parent keeps a stopped child loaded)
+        states["jupyter-removed-stop-jupyter.slice"] = {"cmd.run": [
+            {"name": "systemctl stop jupyter.slice"}, {"onlyif": "systemctl -q is-active jupyter.slice"},
+            {"require": [{"cmd": f"jupyter-removed-stop-{unit}"} for unit in s["stale_slices"]]},
+            {"require_in": [{"cmd": "jupyter-removed-systemd-reload"}]},
+        ]}
     if units:
         states["include"] = ["jupyter.supervisor"]
         states["jupyter-removed-systemd-reload"] = {"cmd.run": [

@@ -91,6 +91,8 @@ def run():
                 {"timeout": inst["supervisor"]["startsecs"] + 60},
                 # Jupyter opens its port last: up then, not only after startsecs
                 {"ready_port": inst["server"]["port"]},
+                # several instances start side by side: jupyter-supervisor-ready waits
+                {"wait": s["mode"] == "single"},
                 {
                     "require": [
                         {"jupyter_service": "jupyter-supervisor-service"},
@@ -108,6 +110,14 @@ def run():
                 },
             ]
         }
+    if s["mode"] == "instances":
+        states["jupyter-supervisor-ready"] = {"supervisor_program.ready": [
+            {"programs": {inst["program"]: inst["server"]["port"] for inst in s["instances"].values()}},
+            {"socket": sup["socket"]},
+            {"timeout": max(inst["supervisor"]["startsecs"] for inst in s["instances"].values()) + 60},
+            {"require": [{"supervisor_program": f"jupyter-supervisor-program{inst['sid']}"}
+                         for inst in s["instances"].values()]},
+        ]}
     if reload_units:
         states["jupyter-supervisor-systemd-reload"] = {
             "cmd.run": [{"name": "systemctl daemon-reload"}, {"onchanges": reload_units}]

@@ -52,6 +52,13 @@ def run():
         files.append(inst["program_file"])
     for unit in s["stale_slices"]:  # left by an earlier run (limits dropped)
         stop(unit, programs)
+    if stops:
+        # the instances' parent slice: an active parent keeps its stopped children loaded
+        states["jupyter-clean-supervisor-stop-jupyter.slice"] = {"cmd.run": [
+            {"name": "systemctl stop jupyter.slice"}, {"onlyif": "systemctl -q is-active jupyter.slice"},
+            {"require": list(stops)},
+        ]}
+        stops.append({"cmd": "jupyter-clean-supervisor-stop-jupyter.slice"})
     for path in files:
         states[f"jupyter-clean-supervisor-{path}"] = {
             "file.absent": [{"name": path}, {"require": programs + stops}]

@@ -415,6 +415,51 @@ def test_ready_port_counts_as_started_before_startsecs(salt, daemon):
     assert info["state"] == "STARTING" and info["pid"] != old
 
 
+GATED_LISTENER = """
+import os, socket, sys, time
+port, gate = int(sys.argv[1]), sys.argv[2]
+while not os.path.exists(gate):
+    time.sleep(0.05)
+server = socket.socket()
+server.bind(("127.0.0.1", port))
+server.listen()
+time.sleep(600)
+"""
+
+
+def gated_listener(directory, port, gate):
+    """A program that opens `port` only once the file `gate` exists."""
+    script = directory / "gated_listener.py"
+    script.write_text(GATED_LISTENER)
+    return f"{PYTHON} {script} {port} {gate}"
+
+
+def test_programs_start_side_by_side_and_ready_waits_for_them_all(salt, daemon, tmp_path):
+    """wait=False: each state only starts its program (none of them can listen yet:
+    they wait for a gate), so the three run side by side; ready waits for all."""
+    gate = tmp_path / "gate"
+    ports = {f"server{i}": free_port() for i in range(3)}
+    for name, port in ports.items():
+        daemon.write_program(name, gated_listener(tmp_path, port, gate), startsecs=60, autostart="false")
+    daemon.start()
+    for name, port in ports.items():
+        ret = salt.states.running(name, socket=daemon.socket, ready_port=port, timeout=50, wait=False)
+        assert ret["result"] is True and ret["changes"]["started"] == [name], ret
+    status = salt.rpc.status(socket=daemon.socket)
+    assert all(status[name]["state"] == "STARTING" and status[name]["pid"] for name in ports), status
+    gate.touch()
+    ret = salt.states.ready("servers", ports, socket=daemon.socket, timeout=50)
+    assert ret["result"] is True and ret["changes"] == {}, ret
+    for port in ports.values():
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    # one that cannot come up is named, with its stderr
+    daemon.write_program("broken", CRASH, startsecs=1)
+    salt.rpc.update("broken", socket=daemon.socket)
+    ret = salt.states.ready("servers", {**ports, "broken": None}, socket=daemon.socket, timeout=30)
+    assert ret["result"] is False and "broken:" in ret["comment"] and FATAL_LINE in ret["comment"], ret
+
+
 def test_ready_port_held_by_another_process_is_not_ready(salt, daemon):
     """Only the program's own socket counts: a port taken by someone else makes
     the program fail to bind, and the state fails, naming the error and the holder

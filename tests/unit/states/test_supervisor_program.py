@@ -31,6 +31,7 @@ class FakeRpc:
         self.errors = {}
         self.next_pid = 500
         self.holders = []  # what port_holders answers (and start stops, if stale)
+        self.waited = []  # (name, wait) of each start
 
     @staticmethod
     def _state(socket=None):
@@ -85,7 +86,8 @@ class FakeRpc:
         p["pid"] = self.next_pid
         self.procs[self.spec(p)] = p
 
-    def _start(self, name, timeout=60, socket=None, ready_port=None):
+    def _start(self, name, timeout=60, socket=None, ready_port=None, wait=True):
+        self.waited.append((name, wait))
         done = {}
         for spec, p in self._select(name).items():
             old = {"state": p["state"], "pid": p["pid"]}
@@ -112,9 +114,9 @@ class FakeRpc:
             p["state"], p["pid"] = "STOPPED", None
         return {}
 
-    def _restart(self, name, timeout=60, socket=None, ready_port=None):
+    def _restart(self, name, timeout=60, socket=None, ready_port=None, wait=True):
         self._stop(name)
-        return self._start(name, ready_port=ready_port)
+        return self._start(name, ready_port=ready_port, wait=wait)
 
     def acting_calls(self):
         return [c for c in self.calls if c[0] in ("update", "start", "stop", "restart")]
@@ -486,3 +488,22 @@ def test_running_waits_for_a_supervisord_that_is_still_starting(state, monkeypat
     ret = state.running("jupyter")
     assert ret["result"] is True and ret["changes"] == {}
     assert [c[0] for c in rpc.calls].count("state") == 3
+
+
+def test_without_wait_the_program_is_only_started_and_ready_waits_for_all_together(state):
+    rpc = wire(state, FakeRpc(proc("jupyter-a", "jupyter-a", "STOPPED"), proc("jupyter-b", "jupyter-b", "STOPPED")))
+    for name in ("jupyter-a", "jupyter-b"):
+        ret = state.running(name, ready_port=8901, wait=False)
+        assert ret["result"] is True and ret["changes"]["started"] == [name]
+    assert rpc.waited == [("jupyter-a", False), ("jupyter-b", False)]
+    ret = state.ready("jupyter", {"jupyter-a": 8901, "jupyter-b": 8902})
+    assert ret["result"] is True and ret["changes"] == {}
+    assert sorted(rpc.waited[2:]) == [("jupyter-a", True), ("jupyter-b", True)]
+
+
+def test_ready_fails_naming_each_program_that_did_not_come_up(state):
+    rpc = wire(state, FakeRpc(proc("jupyter-a", "jupyter-a"), proc("jupyter-b", "jupyter-b", "FATAL")))
+    rpc.errors["start"] = CommandExecutionError("start failed (state FATAL): Address already in use")
+    ret = state.ready("jupyter", {"jupyter-a": 8901, "jupyter-b": 8902})
+    assert ret["result"] is False
+    assert "jupyter-a: start failed" in ret["comment"] and "jupyter-b: start failed" in ret["comment"]
