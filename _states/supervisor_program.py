@@ -29,6 +29,7 @@ the ``supervisor_rpc`` module doc.
 """
 
 import concurrent.futures
+import contextvars
 import os
 import time
 
@@ -524,9 +525,12 @@ def ready(name, programs, socket=None, timeout=60):
         except CommandExecutionError as exc:
             return str(exc)
 
-    # one thread each: Jupyter servers take about as long to import as to start
+    # one thread each: Jupyter servers take about as long to import as to start. Salt's
+    # loader dunders (__salt__ ...) live in context variables, which a new thread does
+    # not inherit: each runs in a copy of this one's context.
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(programs))) as pool:
-        problems = dict(zip(sorted(programs), pool.map(wait_for, sorted(programs))))
+        futures = {p: pool.submit(contextvars.copy_context().run, wait_for, p) for p in sorted(programs)}
+        problems = {program: future.result() for program, future in futures.items()}
     failed = {program: why for program, why in problems.items() if why}
     if failed:
         ret["result"] = False
