@@ -124,8 +124,12 @@ forget_tried_pillar() {
 # state as it starts and ends, from Salt's own log lines; warnings and errors as they are.
 show_progress() {
     # Salt's log lines start with their level (log_fmt_console); a message's further
-    # lines (diffs, tracebacks) follow their first line's fate
-    awk '
+    # lines (diffs, tracebacks) follow their first line's fate. Debian's awk is mawk,
+    # which reads its input in blocks (lines would arrive in bursts, minutes late)
+    # unless told to read line by line.
+    local line_by_line=()
+    awk -W version 2>&1 | grep -q mawk && line_by_line=(-W interactive)
+    awk "${line_by_line[@]}" '
         BEGIN { show = 1 }
         /^(INFO|DEBUG|TRACE|PROFILE|GARBAGE) / { show = 0 }
         /^(WARNING|ERROR|CRITICAL) / { show = 1 }

@@ -167,8 +167,10 @@ def _derive_instance(name, inst, entry, top, single):
     inst["log_files"] = [f"{sup['log_dir']}/{program}.log", f"{sup['log_dir']}/{program}.err.log"]
     inst["jupyter_bin"] = posixpath.join(inst["venv"], "bin", f"jupyter-{inst['app']}")
     # what the venv holds: python and its X.Y version, packages, index URLs (no credentials)
-    inst["venv_id"] = __salt__["jupyter_venv.venv_id"](inst["python"], inst["packages"], inst["pip"], top["venv_store"])
-    inst["venv_dir"] = posixpath.join(top["venv_store"], inst["venv_id"])
+    # (none for an empty list: the checks after the derivation refuse it, naming the key)
+    inst["venv_id"] = __salt__["jupyter_venv.venv_id"](
+        inst["python"], inst["packages"], inst["pip"], top["venv_store"]) if inst["packages"] else None
+    inst["venv_dir"] = inst["venv_id"] and posixpath.join(top["venv_store"], inst["venv_id"])
     for key in ("venv_store", "upgrade", "state_dir"):  # top-level only, for the states' convenience
         inst[key] = top[key]
     inst["environment"] = {

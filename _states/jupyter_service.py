@@ -9,6 +9,13 @@ through the distribution's init scripts: there this state uses those, so that ng
 and supervisord end up running and reloaded on every kind of host.
 """
 
+import time
+
+try:
+    import psutil  # a dependency of Salt itself
+except ImportError:  # pragma: no cover
+    psutil = None
+
 __virtualname__ = "jupyter_service"
 
 
@@ -18,6 +25,44 @@ def __virtual__():
 
 def _offline():
     return "service.offline" in __salt__ and bool(__salt__["service.offline"]())
+
+
+def _orphaned_workers(name):
+    """The worker processes of NAME's master that died hard (SIGKILL, OOM killer): they
+    live on, reparented, and keep the listening sockets, so that a new master cannot
+    bind. systemd kills a unit's whole cgroup; an init script does not. Only processes
+    titled "NAME: ..." (nginx's workers and cache processes) whose parent is not a live
+    "NAME: master process" are taken: never another program's."""
+    if psutil is None:
+        return []
+    orphans = []
+    for proc in psutil.process_iter(["pid", "cmdline", "ppid"]):
+        title = " ".join(proc.info["cmdline"] or [])
+        if not title.startswith(f"{name}: ") or title.startswith(f"{name}: master process"):
+            continue
+        try:
+            parent = " ".join(psutil.Process(proc.info["ppid"]).cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            parent = ""
+        if not parent.startswith(f"{name}: master process"):
+            orphans.append(proc)
+    return orphans
+
+
+def _stop(procs, timeout=5):
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=timeout)
+    time.sleep(0.1)  # the kernel closes their sockets as they are reaped
 
 
 def running(name, enable=True, reload=False):
@@ -38,14 +83,20 @@ def running(name, enable=True, reload=False):
     if __salt__["service.status"](name):
         ret["comment"] = f"{name} is running (init script; PID 1 is not systemd)"
         return ret
+    orphans = _orphaned_workers(name)
+    healed = f"; first stopped {len(orphans)} orphaned process(es) of its dead master" if orphans else ""
     if __opts__["test"]:
-        ret.update(result=None, comment=f"{name} would be started")
+        ret.update(result=None, comment=f"{name} would be started{healed}")
         return ret
+    if orphans:
+        _stop(orphans)
     __salt__["service.start"](name)
     if not __salt__["service.status"](name):
-        ret.update(result=False, comment=f"{name} did not start (init script)")
+        ret.update(result=False, comment=f"{name} did not start (init script){healed}")
         return ret
-    ret.update(changes={name: "started"}, comment=f"Started {name} (init script)")
+    ret.update(changes={name: "started"}, comment=f"Started {name} (init script){healed}")
+    if orphans:
+        ret["changes"]["orphans_stopped"] = sorted(proc.pid for proc in orphans)
     return ret
 
 

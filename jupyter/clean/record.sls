@@ -2,7 +2,7 @@
 """The reverse of jupyter.record: the record of what was deployed, then the directories
 the formula created when they are empty. Notebook directories are never removed, and
 the record keeps just them (and the parents the formula made for them), so that a later
-deploy knows they are the formula's. The record of created accounts stays while those
+deploy knows they are the formula's; once they are gone too, the record goes. The record of created accounts stays while those
 accounts do."""
 
 from salt.exceptions import SaltInvocationError
@@ -13,7 +13,9 @@ def run():
         s = __salt__["jupyter.settings"](require_password=False)
     except SaltInvocationError:
         return {"include": ["jupyter.invalid_pillar"]}
-    notebooks = {inst["root_dir"] for inst in s["deployed"].values()}
+    # notebook directories that are gone (removed by hand) are forgotten
+    notebooks = {inst["root_dir"] for inst in s["deployed"].values()
+                 if __salt__["file.directory_exists"](inst["root_dir"])}
     before = [{"sls": f"jupyter.clean.{part}"} for part in ("nginx", "supervisor", "config", "package")]
     created = s["record"]["data"]["directories"]
     kept = [d for d in created if any(nb == d or nb.startswith(d + "/") for nb in notebooks)]

@@ -1,5 +1,9 @@
 """jupyter_service: Salt's service state on systemd hosts, init scripts elsewhere."""
 
+import subprocess
+import time
+
+import psutil
 import pytest
 
 from support.loader import load
@@ -66,6 +70,51 @@ def test_offline_test_mode_does_nothing():
     assert module.running("nginx")["result"] is None
     assert module.mod_watch("nginx", reload=True)["result"] is None
     assert [c[0] for c in calls] == ["status"]
+
+
+def titled(title, *, parent_title=None):
+    """A real process whose command line reads TITLE (as nginx's processes title
+    themselves), optionally the child of one titled PARENT_TITLE."""
+    if parent_title is None:
+        return subprocess.Popen(["bash", "-c", f'exec -a "{title}" sleep 60'])
+    # the parent execs into sleep after forking the titled child
+    return subprocess.Popen(["bash", "-c", f'(exec -a "{title}" sleep 60) & exec -a "{parent_title}" sleep 60'])
+
+
+def wait_titles(*titles):
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        seen = {" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])}
+        if all(any(line.startswith(t) for line in seen) for t in titles):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not all of {titles} started")
+
+
+def test_offline_start_stops_the_orphaned_workers_of_a_dead_master_only():
+    """A master killed hard leaves its workers holding the ports: before the init script
+    starts the service again, its orphaned workers go; a live master's workers and
+    another program's processes stay."""
+    name = "jfsvctest"
+    orphan = titled(f"{name}: worker process")
+    family = titled(f"{name}: worker process", parent_title=f"{name}: master process")
+    foreign = titled("othersvc: worker process")
+    try:
+        wait_titles(f"{name}: worker process", f"{name}: master process", "othersvc: worker process")
+        module, calls = service_state(offline=True, running=False)
+        found = module._orphaned_workers(name)
+        assert [p.pid for p in found] == [orphan.pid]
+        ret = module.running(name)
+        assert orphan.wait(timeout=10) is not None
+        assert family.poll() is None and foreign.poll() is None
+        assert "first stopped 1 orphaned process(es) of its dead master" in ret["comment"]
+        assert [c[0] for c in calls] == ["status", "start", "status"]
+    finally:
+        for proc in (orphan, family, foreign):
+            for child in psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []:
+                child.kill()
+            proc.kill()
+            proc.wait()
 
 
 def test_invalid_pillar_state_fails_even_in_test_mode():

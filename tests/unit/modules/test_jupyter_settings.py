@@ -96,6 +96,8 @@ def test_tls_contents_get_default_paths_and_key_is_hidden():
         ({"server": {"base_url": "/nb;/"}}, "jupyter:server:base_url: expected a URL path"),
         ({"root_dir": "srv/jupyter"}, "jupyter:root_dir: expected an absolute"),
         ({"packages": ["--index-url=http://x"]}, "jupyter:packages: item 0"),
+        ({"packages": []}, "jupyter:packages: expected at least one pip requirement"),
+        ({"nginx": {"server_name": []}}, "jupyter:nginx:server_name: expected at least one host name"),
         ({"config": {"ServerApp": {"port": 1}}}, "ServerApp.port is set by the formula; use jupyter:server:port"),
         ({"config_file": "/etc/jupyter/jupyter_server_config.json"}, "jupyter:config_file: /etc/jupyter is read by every"),
     ],
