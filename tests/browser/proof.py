@@ -1,35 +1,60 @@
 """
-The "proof" deployment: the formula applied to this host on its own ports, for the
-browser test and the benchmarks (bench/run.py). deployed() applies it under the host
-lock and removes its supervisor program and nginx site afterwards; the virtualenv and
-root_dir are kept, so the next run is a quick re-apply.
+The "proof" deployment: the formula applied to this host on its own names, ports and
+paths (never the defaults), for the browser test and the benchmarks (bench/run.py).
+
+deployed() applies it under the host lock and takes it away again with `jupyter.clean`
+(program, site, config, venvs, the account it made; the notebooks in root_dir stay).
+pip installs from the local wheelhouse (tests/support/wheelhouse.py): nothing is
+downloaded per run, and the benchmarks can upgrade to a package of the wheelhouse.
 """
 
 import contextlib
+import os
 import secrets
-import subprocess
-from pathlib import Path
+import shutil
 
-from support.deployment import Deployment, host_lock
+from support import wheelhouse
+from support.deployment import Deployment, failed, host_lock
 
+NAME = "proof"
 PROGRAM = "jupyter-proof"
 SITE = "jupyter-proof"
 JUPYTER_PORT = 8892
 NGINX_PORT = 8083
+PACKAGES = ["jupyterlab==4.6.6"]
+# the wheelhouse's own packages (jfv-*) are rebuilt here on each call; its base is cached
+WHEELHOUSE_DIR = wheelhouse.cache_root() / "proof-wheelhouse"
 
 
-def pillar(password):
-    return {
+def local_wheelhouse():
+    """{"index_url", "extra_index_url", ...} of the local wheelhouse (built if need be)."""
+    return wheelhouse.build(WHEELHOUSE_DIR)
+
+
+def pip_options(wh):
+    """The pillar's pip options that read the wheelhouse wh only."""
+    return {"index_url": wh["index_url"], "extra_index_urls": [wh["extra_index_url"]]}
+
+
+def pillar(password, wh=None):
+    """The proof deployment's pillar; wh: the wheelhouse pip reads (None: pip's own config)."""
+    out = {
         "user": "jupyterproof",
         "root_dir": "/srv/jupyter-proof",
         "venv": "/opt/jupyter-proof/venv",
+        "venv_store": "/opt/jupyter-proof/venvs",
+        "state_dir": "/var/lib/jupyter-formula-proof",
         "config_file": "/etc/jupyter-proof/jupyter_server_config.json",
-        "packages": ["jupyterlab==4.6.6"],
+        "packages": list(PACKAGES),
         "password": password,
         "server": {"port": JUPYTER_PORT},
         "supervisor": {"program": PROGRAM, "log_dir": "/var/log/jupyter-proof"},
-        "nginx": {"site": SITE, "listen": NGINX_PORT},
+        "nginx": {"site": SITE, "listen": NGINX_PORT, "default_server": False},
+        "clean": {"user": True},
     }
+    if wh is not None:
+        out["pip"] = pip_options(wh)
+    return out
 
 
 def direct_url(path=""):
@@ -37,9 +62,9 @@ def direct_url(path=""):
     return f"http://127.0.0.1:{JUPYTER_PORT}/{path}"
 
 
-def deploy(password):
+def deploy(password, wh=None):
     """Apply the formula (caller holds host_lock); returns the Deployment, Jupyter answering."""
-    dep = Deployment("proof", pillar(password))
+    dep = Deployment(NAME, pillar(password, wh))
     proc = dep.deploy()
     if proc.returncode != 0:
         raise AssertionError(f"deploy.sh failed (rc={proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -47,28 +72,37 @@ def deploy(password):
     return dep
 
 
-def teardown(dep):
-    """Remove the supervisor program, the nginx site and the pillar file (caller holds host_lock)."""
-    s = dep.settings()
-    sup, n = s["supervisor"], s["nginx"]
-    proc = dep.salt_call(
-        "state.single", "supervisor_program.absent", f"name={sup['program']}",
-        f"conf_file={sup['conf_dir']}/{sup['program']}{sup['conf_ext']}", "--out=json",
-    )
-    problems = [] if proc.returncode == 0 else [f"supervisor_program.absent: {proc.stdout}{proc.stderr}"]
-    site_files = [Path(n["sites_available"]) / f"{n['site']}.conf"]
-    if n["sites_enabled"]:
-        site_files.append(Path(n["sites_enabled"]) / f"{n['site']}.conf")
-    for path in site_files:
-        path.unlink(missing_ok=True)
-    check = subprocess.run(["nginx", "-t"], capture_output=True, text=True, check=False)
-    if check.returncode == 0:
-        subprocess.run(["nginx", "-s", "reload"], capture_output=True, check=False)
-    else:
-        problems.append(f"nginx -t after removing the site: {check.stderr}")
-    dep.pillar_file.unlink(missing_ok=True)  # it holds the password
-    if problems:
-        raise AssertionError("; ".join(problems))
+def clean(dep):
+    """Take a deployment of this host away (caller holds host_lock): `jupyter.clean`
+    with clean:user (the accounts the formula made), the pillar file, deploy.sh's
+    config dir and Salt's cache (Deployment.clean), then its notebook dirs when they
+    hold no file. Raises when a state of the clean failed."""
+    try:
+        roots = sorted({inst["root_dir"] for inst in dep.settings()["instances"].values()}, key=len, reverse=True)
+    except Exception:  # noqa: BLE001  (not deployed far enough to say: no dir of ours to remove)
+        roots = []
+    try:
+        bad = failed(dep.clean(user=True))
+    except BaseException:
+        dep.forget()  # the pillar file holds the password
+        raise
+    if bad:
+        raise AssertionError(f"jupyter.clean of {dep.name} failed: {bad}")
+    top = dep.pillar.get("root_dir")
+    for root in [*roots, top]:
+        own = top and root and root.count("/") >= 2 and (root == top or root.startswith(top.rstrip("/") + "/"))
+        if own and not _holds_files(root):
+            # only what Jupyter made by itself (.ipynb_checkpoints): the next deploy would
+            # refuse a root_dir it did not create, owned by the account just removed
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _holds_files(root):
+    """True when root has anything but directories in it (notebooks stay)."""
+    return any(files or any(os.path.islink(os.path.join(d, n)) for n in dirs) for d, dirs, files in os.walk(root))
+
+
+teardown = clean  # the name the browser test's helpers knew
 
 
 @contextlib.contextmanager
@@ -76,10 +110,11 @@ def deployed(password=None):
     """(Deployment, password) for the time of the block, the host lock held throughout:
     nobody else applies the formula or restarts daemons while we measure or click."""
     password = password or secrets.token_urlsafe(16)
+    wh = local_wheelhouse()
     with host_lock():
-        dep = deploy(password)
+        dep = Deployment(NAME, pillar(password, wh))
         try:
+            dep = deploy(password, wh)
             yield dep, password
         finally:
-            teardown(dep)
-
+            clean(dep)

@@ -1,34 +1,40 @@
 """
-The hardening deployment of the formula on this host (issue #5) and the helpers of its
-tests: its own user, paths, supervisor program, nginx site and ports, served over HTTPS
-with a self-signed certificate given as pillar PEM text. The fixtures are in conftest.py.
+The hardening deployment (issues 5, 10, 11), on each target (this host, a systemd lab
+node): names, paths and ports of its own, served over HTTPS with a self-signed
+certificate given as pillar PEM text. The fixtures are in conftest.py.
 """
 
-import contextlib
-import hashlib
 import os
 import secrets
-import stat
 import subprocess
 import time
 
-import requests
+import pytest
 
-from support.deployment import PILLAR_DIR, Deployment
+from support.deployment import PILLAR_DIR, Deployment, own_pillar
+from support.target import HOST
 
-NAME = "hardening"
-HTTP_PORT = 8082
-HTTPS_PORT = 8443
-PROGRAM = "jupyter-hardening"
-SITE = "jupyter-hardening"
-SUPERVISOR_SOCKET = "/var/run/supervisor.sock"
-SUPERVISOR_CONF = f"/etc/supervisor/conf.d/{PROGRAM}.conf"
+TAG = "hard"
+HTTP_PORT = 8183
+HTTPS_PORT = 8483
+JUPYTER_PORT = 8923
+FOREIGN_PORT = 8184  # a foreign site's port (test_nginx_full_config.py)
+BASE = own_pillar(TAG, HTTP_PORT, JUPYTER_PORT, "")
+PROGRAM = BASE["supervisor"]["program"]
+SITE = BASE["nginx"]["site"]
+USER = BASE["user"]
+CONFIG_FILE = BASE["config_file"]
+VENV_LINK = BASE["venv"]
+PROGRAM_FILE = f"/etc/supervisor/conf.d/{PROGRAM}.conf"
 SITE_FILES = (f"/etc/nginx/sites-available/{SITE}.conf", f"/etc/nginx/sites-enabled/{SITE}.conf")
 TLS_FILES = (f"/etc/ssl/jupyter/{SITE}.crt", f"/etc/ssl/jupyter/{SITE}.key")
-VENV = "/opt/jupyter-hardening/venv"
-CONFIG_FILE = "/etc/jupyter-hardening/jupyter_server_config.json"
-# What an apply may change: the trees compared before and after one that must change nothing.
-TREES = ("/etc/nginx", "/etc/supervisor", "/etc/jupyter-hardening", "/etc/ssl/jupyter", VENV)
+# What an apply may change: compared before and after one that must change nothing
+# (accounts included: a refused pillar must not make or alter one).
+TREES = ("/etc/nginx", "/etc/supervisor", "/etc/jft-hard", "/etc/ssl/jupyter", "/opt/jft-hard", "/var/lib/jft-hard",
+         "/srv/jft-hard", "/etc/systemd/system", "/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow")
+# Set to allow skipping (instead of failing) the faults that kill or restart the daemons
+# a real deployment on this host shares with the tests.
+SKIP_SHARED = "JUPYTER_FORMULA_SKIP_SHARED_FAULTS"
 
 
 def new_password():
@@ -37,71 +43,57 @@ def new_password():
 
 
 def base_pillar(password, cert_pem, key_pem):
-    return {
-        "user": "jupyterhard",
-        "root_dir": "/srv/jupyter-hardening",
-        "venv": VENV,
-        "config_file": CONFIG_FILE,
-        "packages": ["jupyterlab==4.6.6"],
-        "password": password,
-        "server": {"port": 8891},
-        "supervisor": {
-            "program": PROGRAM,
-            "log_dir": "/var/log/jupyter-hardening",
-        },
-        "nginx": {
-            "site": SITE,
-            "listen": HTTP_PORT,
-            # other deployments own the catch-all; this one answers on its own ports anyway
-            "default_server": False,
-            "login_rate_limit": {"rate": "100r/s", "burst": 1000},
-            "tls": {"listen": HTTPS_PORT, "certificate_pem": cert_pem, "certificate_key_pem": key_pem},
-        },
-    }
+    pillar = own_pillar(TAG, HTTP_PORT, JUPYTER_PORT, password)
+    pillar["nginx"].update({
+        # not the catch-all of its ports: other sites may live on the host
+        "default_server": False,
+        "login_rate_limit": {"rate": "100r/s", "burst": 1000},
+        "tls": {"listen": HTTPS_PORT, "certificate_pem": cert_pem, "certificate_key_pem": key_pem},
+    })
+    return pillar
 
 
 class Hardening(Deployment):
     """The hardening deployment, with its known-good pillar to come back to."""
 
-    def __init__(self, base):
+    def __init__(self, target, base):
         self.base = base
         self.applied_base = False
-        super().__init__(NAME, base)
-
-    @property
-    def password(self):
-        return self.pillar["password"]
+        self.removed = False  # jupyter.clean ran (test_clean.py)
+        super().__init__(target, "hardening", base)
 
     def ensure_base(self):
-        """Apply the base pillar unless it is what the host has now."""
+        """Apply the base pillar unless it is what the target has now."""
         if self.applied_base and self.pillar == self.base:
             return
+        self.removed = False
         self.write_pillar(self.base)
         proc = self.deploy()
-        assert proc.returncode == 0, f"deploy.sh failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+        assert proc.ok, f"deploy.sh failed on {self.target.name}:\n{proc}"
         self.applied_base = True
         self.wait_for_jupyter()
 
     def apply_pillar(self, pillar, *args):
-        """Apply pillar (the host no longer has the base one); Salt's result dict."""
+        """Apply pillar (the target no longer has the base one); Salt's result dict."""
         self.write_pillar(pillar)
         self.applied_base = False
         return self.apply(*args)
 
-    def login(self):
-        client = self.client("https")
-        assert client.login(self.password), f"login refused: HTTP {client.last_login_status}"
-        return client
+    def back_to_base(self):
+        """Re-apply the base pillar (after a test that changed it)."""
+        self.applied_base = False
+        self.ensure_base()
 
 
-def make_certificate():
-    """A self-signed certificate for 127.0.0.1 (PEM texts), made outside the scanned trees."""
+def make_certificate(address="127.0.0.1"):
+    """A self-signed certificate for the target's address (PEM texts), made outside the
+    scanned trees."""
     work = PILLAR_DIR / "hardening-tls"
     work.mkdir(parents=True, mode=0o700, exist_ok=True)
     cert, key = work / "cert.pem", work / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-nodes", "-days", "2", "-subj", f"/CN={address}", "-addext", f"subjectAltName=IP:{address}",
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )
@@ -112,76 +104,12 @@ def make_certificate():
     return pems
 
 
-def remove_from_host(dep):
-    """The deployment's program, site and certificate off the host; nginx reloaded."""
-    program = dep.salt_call(
-        "state.single", "supervisor_program.absent", f"name={PROGRAM}",
-        f"conf_file={SUPERVISOR_CONF}", f"socket={SUPERVISOR_SOCKET}", "--retcode-passthrough",
-    )
-    for path in SITE_FILES + TLS_FILES:
-        if os.path.lexists(path):
-            os.unlink(path)
-    with contextlib.suppress(OSError):  # the formula's TLS directory, when no other site uses it
-        os.rmdir(os.path.dirname(TLS_FILES[0]))
-    subprocess.run(["nginx", "-t", "-q"], check=True)
-    subprocess.run(["service", "nginx", "reload"], check=True, capture_output=True)
-    dep.pillar_file.unlink(missing_ok=True)
-    assert program.returncode == 0, f"supervisor program not removed:\n{program.stdout}\n{program.stderr}"
-
-
 # --- helpers ---------------------------------------------------------------
-
-_DIGESTS = {}
-
-
-def _file_digest(path, st):
-    """sha256 of a file, cached while its inode, size, mtime and ctime stay the same."""
-    key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
-    return _DIGESTS[key]
-
-
-def tree_checksums(roots=TREES):
-    """{path: (type, mode, uid, gid, content digest or link target)} of every entry under roots."""
-    out = {}
-    for root in roots:
-        for top, dirs, files in os.walk(root):
-            for name in dirs + files:
-                path = os.path.join(top, name)
-                st = os.lstat(path)
-                if stat.S_ISLNK(st.st_mode):
-                    what = "link:" + os.readlink(path)
-                elif stat.S_ISREG(st.st_mode):
-                    what = _file_digest(path, st)
-                else:
-                    what = ""
-                out[path] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, what)
-            if top == root:
-                st = os.lstat(root)
-                out[root] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, "")
-    return out
 
 
 def assert_same_trees(before, after):
     differing = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
     assert not differing, f"{len(differing)} paths changed, e.g.: {differing[:10]}"
-
-
-def supervisor_status(program=PROGRAM):
-    """(state, pid) of a supervisor program, as supervisorctl prints it."""
-    proc = subprocess.run(
-        ["supervisorctl", "-s", f"unix://{SUPERVISOR_SOCKET}", "status", program],
-        capture_output=True, text=True, check=False,
-    )
-    fields = proc.stdout.split()
-    state = fields[1] if len(fields) > 1 else proc.stdout.strip()
-    pid = int(fields[3].rstrip(",")) if state == "RUNNING" and len(fields) > 3 else None
-    return state, pid
 
 
 def wait_for(predicate, timeout, step=0.1):
@@ -197,7 +125,25 @@ def wait_for(predicate, timeout, step=0.1):
 def site_answers(dep):
     """The site logs in and answers an API call over HTTPS."""
     try:
-        client = dep.client("https")
+        client = dep.client("https", timeout=10)
         return client.login(dep.password) and client.api("GET", "status").status_code == 200
-    except (OSError, requests.RequestException):
+    except Exception:  # noqa: BLE001 - not answering, whatever the reason
         return False
+
+
+def shared_daemons_guard(target, what):
+    """Faults that kill or restart nginx or supervisord hit every program and site they
+    serve. On this host they run only while nothing but the tests' own deployments
+    (names jft-*) use those daemons: with a real deployment here the test fails with
+    the reason (or is skipped when JUPYTER_FORMULA_SKIP_SHARED_FAULTS=1)."""
+    if target is not HOST:
+        return
+    foreign = [f"program {p}" for p in HOST.foreign_programs("jft-")]
+    foreign += [f"site {s}" for s in HOST.foreign_sites("jft-")]
+    if not foreign:
+        return
+    message = (f"{what} would hit what else this host serves ({', '.join(foreign)}); "
+               f"not done here (a lab node runs it; {SKIP_SHARED}=1 skips it on this host)")
+    if os.environ.get(SKIP_SHARED) == "1":
+        pytest.skip(message)
+    pytest.fail(message, pytrace=False)

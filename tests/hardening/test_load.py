@@ -1,5 +1,5 @@
 """
-Load on loopback through nginx (HTTPS): 64 connections for 30 s on an authenticated API
+Load from this host through the target's nginx (HTTPS): 64 connections for 30 s on an authenticated API
 endpoint (wrk, the login cookie as a header) without a single error, and 10 kernels
 executing code at once over websockets, all answering correctly.
 """
@@ -10,8 +10,6 @@ import re
 import shutil
 import subprocess
 import time
-
-import pytest
 
 from hardening.common import HTTPS_PORT
 
@@ -45,7 +43,7 @@ def test_64_connections_for_30s_without_errors(deployed, figures, tmp_path):
     script.chmod(0o600)
     proc = subprocess.run(
         ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--timeout", "10s", "-s", str(script),
-         f"https://127.0.0.1:{HTTPS_PORT}/api/status"],
+         f"https://{deployed.target.address}:{HTTPS_PORT}/api/status"],
         capture_output=True, text=True, timeout=SECONDS + 60, check=False,
     )
     assert proc.returncode == 0, proc.stderr
@@ -55,7 +53,7 @@ def test_64_connections_for_30s_without_errors(deployed, figures, tmp_path):
     rate = result["requests"] / (result["duration_us"] / 1e6)
     errors = {key: result[key] for key in ("non200", "connect", "read", "write", "timeout")}
     figures.append(
-        f"wrk {CONNECTIONS} connections x {SECONDS} s on /api/status over HTTPS: {result['requests']} requests, "
+        f"{deployed.target.name}: wrk {CONNECTIONS} connections x {SECONDS} s on /api/status over HTTPS: {result['requests']} requests, "
         f"{rate:.0f} req/s, latency p50 {result['p50_us'] / 1000:.1f} ms, p99 {result['p99_us'] / 1000:.1f} ms, "
         f"errors {sum(errors.values())} {errors}"
     )
@@ -84,4 +82,4 @@ def test_10_kernels_execute_at_once(deployed, figures):
     assert answers == [str(sum(range((i + 1) * 100000))) for i in range(KERNELS)]
     # ten 1 s sleeps at once: concurrent, not one after the other
     assert took < KERNELS, took
-    figures.append(f"{KERNELS} kernels executing at once over wss: all answered correctly in {took:.1f} s")
+    figures.append(f"{deployed.target.name}: {KERNELS} kernels executing at once over wss: all answered correctly in {took:.1f} s")

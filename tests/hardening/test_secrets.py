@@ -1,27 +1,31 @@
 """
-The plaintext password appears nowhere but in the pillar file (on tmpfs under /run, the
-admin's input): not on disk under /etc, /opt, /srv, /var, /root, /home or /tmp (the
-minion cache included), not in Salt's output at info or debug level, not in the
-process list while an apply hashes it.
+Password rotation without leaks: the plaintext password appears nowhere but in the
+pillar file (on tmpfs under /run, the admin's input): not on the target's disk under
+/etc, /opt, /srv, /var, /root, /home or /tmp (the minion cache included), not in Salt's
+output at info or debug level, not in the process list while an apply hashes it (this
+host's process list shows the nodes' processes too). Each rotation makes the new
+password the only one that logs in.
 """
 
 import json
-import os
+import re
 import subprocess
-import tempfile
 import threading
 import time
 
 from hardening.common import new_password
-from support.deployment import changed, failed, merge
+from support.deployment import changed, failed, first_json, merge
+from support.fixtures import WHEELHOUSE_DIR
+from support.target import REPO_IN_NODE
 
 SCANNED = ("/etc", "/opt", "/srv", "/var", "/root", "/home", "/tmp")
 # Large trees the formula never writes to: package mirrors, toolchains, apt's .deb cache,
-# the systemd lab's root filesystem.
+# the systemd lab's root filesystem; on nodes, the host's folders bound into them.
 NOT_SCANNED = {
     "/opt/pypi", "/opt/pypi-more", "/opt/wheels", "/opt/tf-plugins",
     "/root/.pyenv", "/root/.rustup", "/root/.cargo", "/root/.m2",
     "/var/cache/apt", "/var/cache/jupyter-formula-lab", "/var/lib/jupyter-formula-lab",
+    REPO_IN_NODE, "/var/cache/jflab-pip", str(WHEELHOUSE_DIR.parent),
 }
 
 
@@ -37,7 +41,7 @@ def leaks(text, secrets_):
 
 
 class ProcessSampler(threading.Thread):
-    """`ps -eo args` every 50 ms until stopped; keeps the lines that hold a secret."""
+    """`ps -eo args` on this host every 50 ms until stopped; keeps the lines that hold a secret."""
 
     def __init__(self, secrets_):
         super().__init__(daemon=True)
@@ -68,53 +72,70 @@ def apply_logged(dep, password, level):
     dep.applied_base = False
     with ProcessSampler([password]) as sampler:
         proc = dep.salt_call("state.apply", "jupyter", "-l", level, "--out=json", "--retcode-passthrough")
-    results = json.loads(proc.stdout)["local"]
+    results = first_json(proc.stdout)["local"]
     assert not failed(results)
-    assert changed(results)["jupyter-config-file"]["password"] == "new hash"  # it was hashed
+    assert set(changed(results)) == {"jupyter-config-file", "jupyter-supervisor-program"}  # hashed, restarted
     return proc.stdout + proc.stderr, sampler
 
 
-def scan_roots():
-    roots = []
-    for top in SCANNED:
-        for entry in sorted(os.scandir(top), key=lambda e: e.name):
-            if entry.path not in NOT_SCANNED and not entry.is_symlink():
-                roots.append(entry.path)
-    return roots
+_ROOTS_SCRIPT = r"""
+import json, os, sys
+tops, skip = json.loads(sys.argv[1]), set(json.loads(sys.argv[2]))
+def roots(path):
+    # the path itself, or its children when something to skip lies below it
+    if path in skip or os.path.islink(path):
+        return []
+    if not any(s.startswith(path + "/") for s in skip):
+        return [path]
+    return [r for name in sorted(os.listdir(path)) for r in roots(os.path.join(path, name))]
+print(json.dumps([r for top in tops for name in sorted(os.listdir(top)) for r in roots(os.path.join(top, name))]))
+"""
 
 
-def files_holding(secrets_):
+def scan_roots(target):
+    """The trees to scan on the target, the NOT_SCANNED ones (at any depth) left out."""
+    proc = target.run([target.python, "-c", _ROOTS_SCRIPT, json.dumps(SCANNED), json.dumps(sorted(NOT_SCANNED))],
+                      check=True)
+    return json.loads(proc.stdout)
+
+
+def files_holding(target, secrets_):
     """Files under the scanned trees that hold a secret (grep -r does not follow links)."""
-    args = ["grep", "-rlsF", "--devices=skip"] + [f"-e{secret}" for secret in secrets_] + ["--"] + scan_roots()
-    proc = subprocess.run(args, capture_output=True, text=True, check=False, timeout=600)
-    assert proc.returncode in (0, 1, 2), proc.stderr[-2000:]  # 2: files vanished meanwhile
+    args = ["grep", "-rlsF", "--devices=skip"] + [f"-e{secret}" for secret in secrets_] + ["--"] + scan_roots(target)
+    proc = target.run(args, timeout=900)
+    assert proc.rc in (0, 1, 2), proc.stderr[-2000:]  # 2: files vanished meanwhile
     return proc.stdout.split()
 
 
-def test_plaintext_stays_out_of_logs_processes_and_disk(deployed):
+def test_rotation_keeps_the_plaintext_out_of_logs_processes_and_disk(deployed):
+    target = deployed.target
     base = deployed.base["password"]
     seen = {}
     for level in ("debug", "info"):
         password = new_password()
         output, sampler = apply_logged(deployed, password, level)
-        assert "[DEBUG   ]" in output if level == "debug" else "[INFO    ]" in output
+        # deploy.sh's minion config puts the level first on each log line
+        assert re.search(rf"^{level.upper()} ", output, re.M), f"no {level} lines in Salt's output"
         seen[level] = password
         assert not leaks(output, [password, base]), f"Salt output at -l {level}"
         assert sampler.samples >= 20, sampler.samples  # the apply was watched all along
         assert not sampler.found, f"process list during the -l {level} apply"
 
     settings = deployed.salt_call("jupyter.settings", "--out=json").stdout
-    assert json.loads(settings)["local"]["password"] == "<hidden>"
+    assert first_json(settings)["local"]["password"] == "<hidden>"
     assert not leaks(settings, list(seen.values()))
+    deployed.wait_for_jupyter()
     assert deployed.login()  # the last password is the one that works ...
-    stale = deployed.client("https")
-    assert not stale.login(seen["debug"])  # ... the one before no longer does
+    for old in (seen["debug"], base):  # ... the ones before no longer do
+        assert not deployed.client("https").login(old)
 
-    cache = "/var/cache/jupyter-formula/_etc_jupyter-formula-hardening"
-    assert any(os.scandir(cache)), cache  # the minion cache is there, and under /var
+    # Salt's cache of this deployment is there, under /var, and scanned
+    assert target.run(["ls", "-A", deployed.cache_dir]).stdout.strip(), deployed.cache_dir
     # a canary proves that the scan finds what is there
     canary = new_password()
-    with tempfile.NamedTemporaryFile("w", dir="/var/tmp", prefix="hardening-canary.") as planted:
-        planted.write(f"x{canary}x\n")
-        planted.flush()
-        assert files_holding([base, *seen.values(), canary]) == [planted.name]
+    planted = "/var/tmp/hardening-canary"
+    target.write(planted, f"x{canary}x\n")
+    try:
+        assert files_holding(target, [base, *seen.values(), canary]) == [planted]
+    finally:
+        target.remove(planted)

@@ -1,19 +1,17 @@
 """
-Fixtures for the lab layer: real systemd hosts in systemd-nspawn (see lab.py, README.md).
+Fixtures for the lab layer: real systemd hosts in systemd-nspawn (see tests/jflab, README.md).
 
 The lab needs root and systemd-nspawn; where they are missing the lab tests fail
 (they do not skip) unless JUPYTER_FORMULA_SKIP_LAB=1.  Whatever a session boots is
-torn down at its end, failed tests included.
+torn down at its end, failed tests included (the `lab` fixture, tests/support/fixtures.py).
 """
 
-import importlib.util
-import os
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+import jflab
 from support.jupyter_http import JupyterClient
 
 HERE = Path(__file__).resolve().parent
@@ -21,47 +19,24 @@ REPO = HERE.parents[1]
 REPO_IN_NODE = "/srv/jupyter-formula"
 
 
-def _load_lab():
-    # Loaded by path: with pytest's pythonpath=tests, `import lab` could find the
-    # tests/lab folder as a namespace package instead.
-    if "jflab" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("jflab", HERE / "lab.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["jflab"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["jflab"]
-
-
-LAB = _load_lab()
-
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "lab: boots systemd-nspawn hosts (root)")
 
 
-def pytest_terminal_summary(terminalreporter):
-    if LAB.PHASES:
-        terminalreporter.section("lab phases")
-        for line in LAB.PHASES:
-            terminalreporter.write_line(line)
+# `lab` (the session fixture: rootfs, proxy, lock, teardown) is in tests/support/fixtures.py,
+# shared with the layers that run on lab nodes too (tests/e2e, tests/hardening).
+
+
+@pytest.fixture(scope="module", params=list(jflab.SUITES))
+def suite(request):
+    """Each Debian suite the lab has (bookworm, trixie): a test that takes it runs once per suite."""
+    return request.param
 
 
 @pytest.fixture(scope="session")
-def lab(request):
-    """The lab module, with the rootfs built and the proxy up; torn down after the session."""
-    if os.environ.get("JUPYTER_FORMULA_SKIP_LAB") == "1":
-        pytest.skip("JUPYTER_FORMULA_SKIP_LAB=1")
-    problems = LAB.preflight()
-    if problems:
-        pytest.fail(f"the lab cannot run here: {'; '.join(problems)} "
-                    "(set JUPYTER_FORMULA_SKIP_LAB=1 to skip the lab tests)", pytrace=False)
-    lock = LAB.session_lock()
-    request.addfinalizer(lock.close)
-    request.addfinalizer(LAB.down)  # runs first (LIFO), even when a setup below fails
-    LAB.down()  # leftovers of an interrupted session
-    LAB.build_rootfs()
-    LAB.ensure_proxy()
-    return LAB
+def pebble(lab):
+    """Pebble (ACME test server) and its DNS on the bridge: jflab.ensure_pebble()'s dict."""
+    return lab.ensure_pebble()
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +67,6 @@ def deploy(lab):
         return results
 
     return deploy
-
 
 
 @pytest.fixture(scope="session")

@@ -322,8 +322,12 @@ def test_clean_takes_every_instance_away_but_the_notebooks(lab, node):
     leftovers += [f"account {user}" for user in ("ja", "jb", "jc", "jd") if lab.run(NODE, ["id", user]).ok]
     leftovers += [f"program {p}" for p in programs(lab, NODE)]
     leftovers += [f"port {port}" for port in PORTS.values() if f":{port} " in lab.run(NODE, ["ss", "-Hltn"]).stdout]
-    unit = lab.run(NODE, ["systemctl", "show", "jupyter-a.slice", "-pLoadState", "-pActiveState"]).stdout.split()
-    if "LoadState=not-found" not in unit or "ActiveState=inactive" not in unit:
+    # (`systemctl show` says LoadState=loaded of any slice name: slices need no file;
+    # a slice that is gone has no fragment, is inactive and is not held by systemd)
+    if lab.run(NODE, ["systemctl", "list-units", "--all", "--plain", "--no-legend", "jupyter-a.slice"]).stdout.strip():
+        leftovers.append("jupyter-a.slice (still held by systemd)")
+    unit = lab.run(NODE, ["systemctl", "show", "jupyter-a.slice", "-pFragmentPath", "-pActiveState"]).stdout.split()
+    if "FragmentPath=" not in unit or "ActiveState=inactive" not in unit:
         leftovers.append(f"jupyter-a.slice ({' '.join(unit)})")
     details = lab.run(NODE, "ls -lA /opt/jupyter /var/lib/jupyter-formula 2>&1; "
                             "cat /var/lib/jupyter-formula/accounts.json 2>/dev/null; echo; "

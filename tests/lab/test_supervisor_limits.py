@@ -22,8 +22,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import requests
-import websocket
 import yaml
 
 from support.figures import Section
@@ -130,16 +128,7 @@ def serves(node, name, timeout=60):
     """Login and a kernel computing 6*7 through nginx; False (not an exception) while it cannot."""
     client = JupyterClient(url(node, name), timeout=timeout)
     client.session.trust_env = False
-    try:
-        if not client.login(PASSWORDS[name]):
-            return False
-        kernel = client.start_kernel()
-        try:
-            return client.execute(kernel, "6*7", timeout=timeout) == "42"
-        finally:
-            client.delete_kernel(kernel)
-    except (requests.RequestException, websocket.WebSocketException, OSError, TimeoutError):
-        return False
+    return client.serves(PASSWORDS[name], timeout=timeout)
 
 
 def node_epoch(lab):
@@ -261,14 +250,18 @@ def test_a_scope_that_outlives_supervisord_is_healed_by_one_apply(lab, node, sig
 
 
 def slice_state(lab):
-    """What is left of jupyter-a.slice: its file, and systemd's idea of the unit."""
-    unit = lab.run(NODE, ["systemctl", "show", "jupyter-a.slice", "-pLoadState", "-pActiveState",
-                          "-pNeedDaemonReload"]).stdout.split()
+    """What is left of jupyter-a.slice: its file, whether systemd holds the unit (listed),
+    and systemd's idea of it. (`systemctl show` of ANY slice name says LoadState=loaded:
+    slices need no file, so that the hierarchy's parents exist implicitly; what tells a
+    slice that is gone is no fragment, inactive, and not held: not in list-units --all.)"""
+    listed = lab.run(NODE, ["systemctl", "list-units", "--all", "--plain", "--no-legend", "jupyter-a.slice"]).stdout
+    unit = lab.run(NODE, ["systemctl", "show", "jupyter-a.slice", "-pFragmentPath", "-pActiveState",
+                          "-pNeedDaemonReload"]).stdout.split("\n")
     return {"file": lab.run(NODE, ["test", "-e", "/etc/systemd/system/jupyter-a.slice"]).ok,
-            **dict(p.split("=", 1) for p in unit)}
+            "listed": bool(listed.strip()), **dict(p.split("=", 1) for p in unit if "=" in p)}
 
 
-GONE = {"file": False, "LoadState": "not-found", "ActiveState": "inactive", "NeedDaemonReload": "no"}
+GONE = {"file": False, "listed": False, "FragmentPath": "", "ActiveState": "inactive", "NeedDaemonReload": "no"}
 
 
 def test_dropping_a_limits_takes_a_out_of_its_slice(lab, node):

@@ -1,7 +1,8 @@
 """One real systemd host, masterless: the quick start (deploy.sh) inside a node.
 
 The tests run in order and share the node: apply, re-apply, change the site, reboot,
-then use Jupyter from the host through nginx.
+then use Jupyter from the host through nginx.  Once per Debian suite of the lab
+(bookworm, then trixie), each on a node of its own.
 """
 
 import http.client
@@ -20,11 +21,12 @@ SMALLER_SITE = {**PILLAR, "nginx": {"client_max_body_size": "32m"}}
 
 
 @pytest.fixture(scope="module")
-def solo(lab, repo_bind, deploy):
-    ip = lab.boot("solo", binds_ro=[repo_bind])
-    deploy("solo", PILLAR)
-    yield SimpleNamespace(name="solo", ip=ip, url=f"http://{ip}/")
-    lab.remove("solo")
+def solo(lab, suite, repo_bind, deploy):
+    name = f"solo{lab.SUITES[suite]}"  # solo12, solo13
+    ip = lab.boot(name, binds_ro=[repo_bind], suite=suite)
+    deploy(name, PILLAR)
+    yield SimpleNamespace(name=name, ip=ip, url=f"http://{ip}/")
+    lab.remove(name)
 
 
 def refuses_body(ip, size, port=80):
@@ -53,6 +55,16 @@ def test_services_active(lab, solo):
     assert res.ok and res.stdout.split() == ["active", "active"], res
     res = lab.run(solo.name, ["systemctl", "is-enabled", "nginx", "supervisor"])
     assert res.ok and res.stdout.split() == ["enabled", "enabled"], res
+
+
+def test_supervisor_unit_has_the_formulas_dropin(lab, solo):
+    """supervisord killed hard must take Jupyter with it and come back by itself (issue 11):
+    the formula's drop-in is in force on this suite's supervisor.service."""
+    res = lab.run(solo.name, ["systemctl", "show", "supervisor", "-p", "KillMode", "-p", "Restart",
+                              "-p", "RestartUSec", "-p", "DropInPaths"])
+    props = dict(line.split("=", 1) for line in res.stdout.splitlines())
+    assert (props["KillMode"], props["Restart"], props["RestartUSec"]) == ("mixed", "on-failure", "5s"), props
+    assert "/etc/systemd/system/supervisor.service.d/jupyter-formula.conf" in props["DropInPaths"].split()
 
 
 def test_second_apply_changes_nothing(lab, solo, deploy):
@@ -85,7 +97,7 @@ def test_site_change_reloads_nginx(lab, solo, deploy):
 def test_jupyter_answers_after_reboot(lab, solo):
     lab.put(solo.name, "/run/jflab-before-reboot", "")  # /run is a tmpfs: gone after a boot
     lab.reboot(solo.name)
-    with lab.phase("checks solo after reboot"):
+    with lab.phase(f"checks {solo.name} after reboot"):
         assert not lab.run(solo.name, ["test", "-e", "/run/jflab-before-reboot"]).ok
         lab.wait_http(solo.url + "login", timeout=90)
         res = lab.run(solo.name, ["systemctl", "is-active", "nginx", "supervisor"])
@@ -95,7 +107,7 @@ def test_jupyter_answers_after_reboot(lab, solo):
 
 
 def test_login_kernel_and_big_notebook_from_the_host(lab, solo, jupyter_login):
-    with lab.phase("checks solo over http"):
+    with lab.phase(f"checks {solo.name} over http"):
         lab.wait_http(solo.url + "login")
         assert not JupyterClient(solo.url).login("not-the-password")
         client = jupyter_login(solo.url, PASSWORD)

@@ -103,6 +103,20 @@ class JupyterClient:
 
     # --- contents --------------------------------------------------------
 
+    def serves(self, password, timeout=10):
+        """Log in and run 6*7 in a new kernel: True, or False (never an exception) while
+        the server cannot."""
+        try:
+            if not self.login(password):
+                return False
+            kernel = self.start_kernel()
+            try:
+                return self.execute(kernel, "6*7", timeout=timeout) == "42"
+            finally:
+                self.delete_kernel(kernel)
+        except Exception:  # noqa: BLE001 - any failure means: not serving (yet)
+            return False
+
     def save_notebook(self, path, payload_bytes=0):
         """PUT a notebook whose one cell carries payload_bytes of output data."""
         blob = base64.b64encode(b"\0" * (payload_bytes * 3 // 4)).decode() if payload_bytes else ""
