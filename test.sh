@@ -4,7 +4,8 @@
 # (systemd-nspawn hosts) and the browser test. As root, on Debian or Ubuntu.
 #   ./test.sh [PYTEST ARGS]     e.g. ./test.sh tests/unit -q
 # The end-to-end and hardening layers run on this host and on systemd lab nodes:
-#   JUPYTER_FORMULA_TARGETS=host,bookworm (the default; add trixie)
+#   JUPYTER_FORMULA_TARGETS=host,bookworm,plain (the default; add trixie; plain: a
+#   bookworm node without systemd, for the faults that kill nginx or supervisord)
 # A skipped test fails the run unless its skip was asked for, e.g.
 #   JUPYTER_FORMULA_SKIP_LAB=1 (no lab nodes), JUPYTER_FORMULA_SKIP_SHARED_FAULTS=1
 #   (this host runs a real deployment: no faults that kill its nginx or supervisord)
