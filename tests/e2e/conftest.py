@@ -23,6 +23,32 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
 
 
+_LIVE = {}  # this host's e2e Deployment while it is deployed
+
+
+def _target_of(item):
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("target") if callspec else None
+
+
+def _remove(dep):
+    cleaned = dep.clean(user=True, notebooks=True)
+    assert not failed(cleaned), failed(cleaned)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own teardown of the test's fixtures
+def pytest_runtest_teardown(item, nextitem):
+    """This host's e2e deployment goes as soon as the last e2e test on this host has run,
+    not at the end of the session: the hardening faults that run next on this host kill
+    its supervisord and nginx, which would leave this deployment's Jupyter orphaned (the
+    next apply of the deployment would heal it; its removal cannot)."""
+    if _target_of(item) != "host" or "host" not in _LIVE:
+        return
+    if nextitem is not None and "/tests/e2e/" in str(nextitem.path) and _target_of(nextitem) == "host":
+        return
+    _remove(_LIVE.pop("host"))
+
+
 @pytest.fixture(scope="session")
 def figures():
     return Section("e2e")
@@ -40,12 +66,13 @@ def e2e(target, figures):
         dep.first_deploy = (result, lines, took)
         figures.append(f"{target.name}: first ./deploy.sh FILE {took:.0f} s")
         dep.wait_for_jupyter()
+        if target is HOST:
+            _LIVE["host"] = dep
         try:
             yield dep
         finally:
-            if target is HOST:
-                cleaned = dep.clean(user=True, notebooks=True)
-                assert not failed(cleaned), failed(cleaned)
+            if target is HOST and _LIVE.pop("host", None):
+                _remove(dep)
 
 
 @pytest.fixture

@@ -157,6 +157,8 @@ def deployed():
             # jupyter.clean with its accounts, then deploy.sh's config dir, pillar file, cache
             cleaned = dep.clean(user=True)
             remove_notebooks()
+            # the record that jupyter.clean keeps of the notebooks, gone with them (the test's own path)
+            shutil.rmtree(dep.pillar["state_dir"], ignore_errors=True)
             assert not failed(cleaned), failed(cleaned)
 
 

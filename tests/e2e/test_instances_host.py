@@ -85,6 +85,9 @@ def site():
             kept = os.stat(f"{PILLAR['root_dir']}/{name}")
             assert (kept.st_uid, kept.st_mode & 0o777) == (0, 0o700)
         shutil.rmtree(PILLAR["root_dir"])
+        # the record of the notebooks, deploy.sh's config dir, pillar file and Salt cache (the test's own)
+        shutil.rmtree(PILLAR["state_dir"], ignore_errors=True)
+        dep.forget()
 
 
 def test_each_instance_logs_in_with_its_own_password_only(site):

@@ -100,7 +100,8 @@ def test_upgrade_refused_then_good_upgrade_then_rollback(base, wheelhouse, figur
     proc = dep.salt_call("jupyter.rollback", "--out=json", "--retcode-passthrough")
     rollback_s = time.monotonic() - start
     assert proc.ok, proc
-    assert first_json(proc.stdout)["local"]["jupyter"] == {"old": good_venv, "new": old_venv}
+    switched = first_json(proc.stdout)["local"]["jupyter"]
+    assert (switched["old"], switched["new"], switched["program"]) == (good_venv, old_venv, dep.program), switched
     assert live_venv(dep) == old_venv
     dep.wait_for_jupyter()
     assert dep.jupyter_pid() not in (None, new_pid)

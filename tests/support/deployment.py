@@ -355,7 +355,8 @@ class Deployment:
             if notebooks and root_dir and root_dir != SHARED_DEFAULTS["root_dir"] and self.target.exists(root_dir):
                 self.target.remove(root_dir)
                 again = self.apply(sls="jupyter.clean")
-                assert not failed(again), failed(again)
+                user = self.pillar.get("user")
+                assert not failed(again), (failed(again), self.target.run(["ps", "-f", "-u", user]).stdout if user else "")
         # the formula keeps its record of the notebook directory even once it is gone
         # (tests/hardening/test_clean.py): the test's own state_dir goes by hand
         if notebooks and state_dir and state_dir != SHARED_DEFAULTS["state_dir"]:
