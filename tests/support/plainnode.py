@@ -41,13 +41,12 @@ def poweroff(signum, frame):
     stopping = True
 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGRTMIN + 4):
     signal.signal(sig, poweroff)
-while not stopping:
+while not stopping:  # never blocked in waitpid: Python retries it after a signal handler
     try:
-        os.waitpid(-1, 0)
+        if os.waitpid(-1, os.WNOHANG)[0] == 0:
+            time.sleep(0.2)
     except ChildProcessError:
-        time.sleep(0.5)
-    except InterruptedError:
-        pass
+        time.sleep(0.2)
 for daemon in ("nginx", "supervisor"):
     subprocess.run(["service", daemon, "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
 os.kill(-1, signal.SIGTERM)
