@@ -6,6 +6,7 @@ The lab needs root and systemd-nspawn; where they are missing the lab tests fail
 torn down at its end, failed tests included (the `lab` fixture, tests/support/fixtures.py).
 """
 
+import time
 from pathlib import Path
 
 import pytest
@@ -45,26 +46,31 @@ def repo_bind():
     return f"{REPO}:{REPO_IN_NODE}"
 
 
+def apply_in_node(lab, node, pillar, *args, timeout=900):
+    """The quick start inside a node, with the baked Salt: writes {'jupyter': pillar} to
+    /root/pillar.sls there, runs deploy.sh on it with --out=json, and returns (the state
+    results, seconds). Fails on a failed state."""
+    lab.put(node, "/root/pillar.sls", yaml.safe_dump({"jupyter": pillar}), mode="0600")
+    started = time.monotonic()
+    with lab.phase(f"apply {node}"):
+        res = lab.run(node, [f"{REPO_IN_NODE}/deploy.sh", "/root/pillar.sls", "--out=json", *args],
+                      env={"JUPYTER_FORMULA_VENV": lab.SALT_VENV}, timeout=timeout)
+    seconds = time.monotonic() - started
+    try:
+        results = lab.first_json(res.stdout)["local"]
+    except (ValueError, KeyError, TypeError):
+        raise AssertionError(f"deploy.sh in {node} gave no state results: {res}") from None
+    failed = lab.salt_failed(results)
+    assert res.ok and not failed, f"deploy.sh in {node} failed: {failed}\n{res}"
+    return results, seconds
+
+
 @pytest.fixture(scope="session")
 def deploy(lab):
-    """deploy(node, pillar, *args): the quick start inside a node, with the baked Salt.
-
-    Writes {'jupyter': pillar} to /root/pillar.sls in the node, runs deploy.sh on it
-    with --out=json, and returns the state results of the apply.
-    """
+    """deploy(node, pillar, *args): apply_in_node's state results."""
 
     def deploy(node, pillar, *args, timeout=900):
-        lab.put(node, "/root/pillar.sls", yaml.safe_dump({"jupyter": pillar}), mode="0600")
-        with lab.phase(f"apply {node}"):
-            res = lab.run(node, [f"{REPO_IN_NODE}/deploy.sh", "/root/pillar.sls", "--out=json", *args],
-                          env={"JUPYTER_FORMULA_VENV": lab.SALT_VENV}, timeout=timeout)
-        try:
-            results = lab.first_json(res.stdout)["local"]
-        except (ValueError, KeyError, TypeError):
-            raise AssertionError(f"deploy.sh in {node} gave no state results: {res}") from None
-        failed = lab.salt_failed(results)
-        assert res.ok and not failed, f"deploy.sh in {node} failed: {failed}\n{res}"
-        return results
+        return apply_in_node(lab, node, pillar, *args, timeout=timeout)[0]
 
     return deploy
 

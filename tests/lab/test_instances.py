@@ -23,6 +23,8 @@ import pytest
 import requests
 import yaml
 
+from lab.conftest import REPO_IN_NODE
+from lab.conftest import apply_in_node as apply
 from support.figures import Section
 from support.jupyter_http import NamedClient
 
@@ -30,7 +32,6 @@ pytestmark = pytest.mark.lab
 
 NODE = "inst12"
 REPO = Path(__file__).resolve().parents[2]
-REPO_IN_NODE = "/srv/jupyter-formula"
 TEAM, SOLO = "team.lab", "solo.lab"
 # strong enough for the formula's password check, and each one only its instance's
 PASSWORDS = {
@@ -65,24 +66,6 @@ def pillar(*names):
         "nginx": {"server_name": [TEAM], "login_rate_limit": {"rate": "300r/m", "burst": 100}},
         "instances": {name: every[name] for name in names},
     }
-
-
-def apply(lab, node, pillar_data):
-    """deploy.sh in the node with {'jupyter': pillar_data}: (state results, seconds).
-    Fails on a failed state."""
-    lab.put(node, "/root/pillar.sls", yaml.safe_dump({"jupyter": pillar_data}), mode="0600")
-    started = time.monotonic()
-    with lab.phase(f"apply {node}"):
-        res = lab.run(node, [f"{REPO_IN_NODE}/deploy.sh", "/root/pillar.sls", "--out=json"],
-                      env={"JUPYTER_FORMULA_VENV": lab.SALT_VENV}, timeout=900)
-    seconds = time.monotonic() - started
-    try:
-        results = lab.first_json(res.stdout)["local"]
-    except (ValueError, KeyError, TypeError):
-        raise AssertionError(f"deploy.sh in {node} gave no state results: {res}") from None
-    failed = lab.salt_failed(results)
-    assert res.ok and not failed, f"deploy.sh in {node} failed: {failed}\n{res}"
-    return results, seconds
 
 
 def programs(lab, node):

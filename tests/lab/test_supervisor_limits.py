@@ -22,8 +22,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 
+from lab.conftest import REPO_IN_NODE
+from lab.conftest import apply_in_node as apply
 from support.figures import Section
 from support.jupyter_http import JupyterClient
 
@@ -31,7 +32,6 @@ pytestmark = pytest.mark.lab
 
 NODE = "svkill12"
 REPO = Path(__file__).resolve().parents[2]
-REPO_IN_NODE = "/srv/jupyter-formula"
 PASSWORDS = {"a": "Aspen-Kestrel-62-orbit", "b": "Basalt-Heron-47-tundra"}
 PORTS = {"a": 8911, "b": 8912}
 PILLAR = {
@@ -73,24 +73,6 @@ else:
     sys.exit("the process never reached its scope")
 print(proc.pid)
 """
-
-
-def apply(lab, node, pillar_data):
-    """deploy.sh in the node with {'jupyter': pillar_data}: (state results, seconds).
-    Fails on a failed state."""
-    lab.put(node, "/root/pillar.sls", yaml.safe_dump({"jupyter": pillar_data}), mode="0600")
-    started = time.monotonic()
-    with lab.phase(f"apply {node}"):
-        res = lab.run(node, [f"{REPO_IN_NODE}/deploy.sh", "/root/pillar.sls", "--out=json"],
-                      env={"JUPYTER_FORMULA_VENV": lab.SALT_VENV}, timeout=900)
-    seconds = time.monotonic() - started
-    try:
-        results = lab.first_json(res.stdout)["local"]
-    except (ValueError, KeyError, TypeError):
-        raise AssertionError(f"deploy.sh in {node} gave no state results: {res}") from None
-    failed = lab.salt_failed(results)
-    assert res.ok and not failed, f"deploy.sh in {node} failed: {failed}\n{res}"
-    return results, seconds
 
 
 def parse_status(text):
