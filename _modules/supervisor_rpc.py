@@ -34,9 +34,11 @@ Names
 Ready
     supervisord calls a process RUNNING once it has stayed up for its
     ``startsecs``. :py:func:`start` and :py:func:`restart` take ``ready_port``:
-    a process that listens on that TCP port (itself or a child) counts as
-    started at once, which is sooner for a server that opens its port at the
-    end of its start-up. A crash after that is supervisord's to retry.
+    a process counts as started once it (itself or a child) listens on that
+    TCP port, and not before, whatever supervisord says: sooner than RUNNING
+    for a server that is quick to open its port, later for one still
+    importing after its ``startsecs`` (eight Jupyter servers starting at once
+    on two cores). A crash after that is supervisord's to retry.
 
 Stale instances
     A program whose supervisord died hard (SIGKILL, OOM killer) lives on,
@@ -703,7 +705,8 @@ def _start(sv, targets, timeout, ready_port=None, stale=None, wait=True):
     """
     Start the processes ``targets`` (infos) and wait until each is RUNNING,
     which supervisord grants once a process has stayed up for its startsecs,
-    or, with ``ready_port``, until it listens on that port.
+    or, with ``ready_port``, until it listens on that port (whatever
+    supervisord says: sooner or later than RUNNING).
 
     A process we started that leaves STARTING for anything but RUNNING
     (BACKOFF, EXITED, FATAL) has failed, as for ``supervisorctl start``. A
@@ -744,13 +747,18 @@ def _start(sv, targets, timeout, ready_port=None, stale=None, wait=True):
             return "start failed: " + _foreign_text(ready_port, foreign)
         return "start failed"
 
+    def up(info):
+        # RUNNING only says it outlived its startsecs: a server importing on a busy host
+        # can take longer than that to open its port
+        if ready_port:
+            return bool(info["pid"]) and _listening(info["pid"], ready_port)
+        return info["statename"] == "RUNNING"
+
     def step(info):
         spec = _namespec(info)
         state = info["statename"]
-        if state == "RUNNING":
-            return True
-        if state == "STARTING":
-            return not wait or bool(ready_port and info["pid"] and _listening(info["pid"], ready_port))
+        if state in ("RUNNING", "STARTING"):
+            return not wait or up(info)
         if state == "BACKOFF":
             return failed(info) if spec in started else False
         if state == "STOPPING":
@@ -760,7 +768,8 @@ def _start(sv, targets, timeout, ready_port=None, stale=None, wait=True):
         # STOPPED, EXITED, FATAL: start it
         return _ask(sv, "startProcess", spec, _ALREADY_STARTED, started)
 
-    return _wait(sv, specs, timeout, step, "RUNNING")
+    goal = "listening on port {}".format(ready_port) if ready_port and wait else "RUNNING"
+    return _wait(sv, specs, timeout, step, goal)
 
 
 def _stop(sv, targets, timeout):
@@ -946,12 +955,14 @@ def start(name, timeout=60, socket=None, ready_port=None, wait=True):
         ``PROGRAM``, ``GROUP:``, ``GROUP:*`` or ``GROUP:PROCESS``.
 
     timeout
-        Seconds to wait for RUNNING.
+        Seconds to wait for RUNNING (or ``ready_port``).
 
     ready_port
-        A TCP port: a process listening on it counts as started even while
-        supervisord still says STARTING, and a stale instance of the program
-        holding it is stopped first (see the module doc).
+        A TCP port: a process counts as started once it listens there, even
+        while supervisord still says STARTING, and not before, even when
+        supervisord already says RUNNING; a process already RUNNING is
+        waited for too (it may not listen yet). A stale instance of the
+        program holding the port is stopped first (see the module doc).
 
     wait
         False: return as soon as each process is STARTING (to wait for several

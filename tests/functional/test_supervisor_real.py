@@ -6,6 +6,7 @@ The modules run in this process with their loader globals set by hand; the
 state's ``__salt__`` maps to the execution module's real functions.
 """
 
+import concurrent.futures
 import os
 import pathlib
 import shlex
@@ -434,17 +435,25 @@ def gated_listener(directory, port, gate):
     return f"{PYTHON} {script} {port} {gate}"
 
 
-def test_programs_start_side_by_side_and_ready_waits_for_them_all(salt, daemon, tmp_path):
-    """wait=False: each state only starts its program (none of them can listen yet:
-    they wait for a gate), so the three run side by side; ready waits for all."""
-    gate = tmp_path / "gate"
-    ports = {f"server{i}": free_port() for i in range(3)}
+def start_gated(salt, daemon, tmp_path, gate, names, startsecs):
+    """Programs ``names``, each listening on its own port once ``gate`` exists, started
+    by their states with ``wait=False`` (as the formula starts its instances); returns
+    {name: port}."""
+    ports = {name: free_port() for name in names}
     for name, port in ports.items():
-        daemon.write_program(name, gated_listener(tmp_path, port, gate), startsecs=60, autostart="false")
+        daemon.write_program(name, gated_listener(tmp_path, port, gate), startsecs=startsecs, autostart="false")
     daemon.start()
     for name, port in ports.items():
         ret = salt.states.running(name, socket=daemon.socket, ready_port=port, timeout=50, wait=False)
         assert ret["result"] is True and ret["changes"]["started"] == [name], ret
+    return ports
+
+
+def test_programs_start_side_by_side_and_ready_waits_for_them_all(salt, daemon, tmp_path):
+    """wait=False: each state only starts its program (none of them can listen yet:
+    they wait for a gate), so the three run side by side; ready waits for all."""
+    gate = tmp_path / "gate"
+    ports = start_gated(salt, daemon, tmp_path, gate, ["server0", "server1", "server2"], startsecs=60)
     status = salt.rpc.status(socket=daemon.socket)
     assert all(status[name]["state"] == "STARTING" and status[name]["pid"] for name in ports), status
     gate.touch()
@@ -458,6 +467,34 @@ def test_programs_start_side_by_side_and_ready_waits_for_them_all(salt, daemon, 
     salt.rpc.update("broken", socket=daemon.socket)
     ret = salt.states.ready("servers", {**ports, "broken": None}, socket=daemon.socket, timeout=30)
     assert ret["result"] is False and "broken:" in ret["comment"] and FATAL_LINE in ret["comment"], ret
+
+
+def test_ready_port_means_listening_even_after_supervisord_says_running(salt, daemon, tmp_path):
+    """Eight Jupyter servers importing at once on two cores outlive their startsecs
+    before they open their ports: RUNNING is not up. Neither running nor ready
+    returns before the port is open."""
+    gate = tmp_path / "gate"
+    ports = start_gated(salt, daemon, tmp_path, gate, ["slow0", "slow1"], startsecs=1)
+    for name in ports:
+        daemon.wait_for(name, "RUNNING")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        waiting = pool.submit(salt.states.ready, "servers", ports, socket=daemon.socket, timeout=50)
+        time.sleep(1.5)
+        assert not waiting.done(), waiting.result()
+        gate.touch()
+        ret = waiting.result(timeout=50)
+    assert ret["result"] is True, ret
+    for port in ports.values():
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    # one program, waited for by running itself: done when it listens, 2 s after RUNNING
+    port = free_port()
+    daemon.write_program("late", listener(port, delay=3), startsecs=1, autostart="false")
+    salt.rpc.update("late", socket=daemon.socket)
+    ret = salt.states.running("late", socket=daemon.socket, ready_port=port, timeout=50)
+    assert ret["result"] is True and ret["changes"]["started"] == ["late"], ret
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
 
 
 def test_ready_port_held_by_another_process_is_not_ready(salt, daemon):

@@ -603,9 +603,12 @@ def port_world(rpc, monkeypatch):
     """
     Who listens on the port, faked at the psutil boundary: ``world.listening``
     (pids), ``world.holders`` (pid -> holder), ``world.trees`` (pid -> tree).
-    ``_stop_twins`` records what it would stop and frees the port.
+    ``_stop_twins`` records what it would stop and frees the port. A process
+    the fake supervisord runs listens on the port once it is RUNNING, unless
+    its pid is in ``world.deaf``.
     """
-    world = types.SimpleNamespace(listening=set(), holders={}, trees={}, stopped=[], scans=0)
+    world = types.SimpleNamespace(listening=set(), holders={}, trees={}, stopped=[], scans=0,
+                                  deaf=set())
 
     def listeners(port):
         world.scans += 1
@@ -621,6 +624,12 @@ def port_world(rpc, monkeypatch):
     monkeypatch.setattr(rpc, "_holder", lambda pid: dict(world.holders[pid]))
     monkeypatch.setattr(rpc, "_tree", lambda pid: world.trees.get(pid, {pid} if pid else set()))
     monkeypatch.setattr(rpc, "_stop_twins", stop_twins)
+    def listening(pid, port):
+        procs = rpc._proxy(None).supervisor.procs.values()
+        return pid not in world.deaf and any(
+            p["pid"] == pid and p["statename"] == "RUNNING" for p in procs)
+
+    monkeypatch.setattr(rpc, "_listening", listening)
     return world
 
 
@@ -682,6 +691,35 @@ def test_start_without_ready_port_or_of_a_running_program_scans_nothing(rpc, fak
     rpc.start("app", socket=SOCK)
     rpc.start("up", socket=SOCK, ready_port=8888)
     assert port_world.scans == 0 and port_world.stopped == []
+
+
+def test_with_ready_port_running_is_not_enough_listening_is(rpc, fake, port_world):
+    """supervisord says RUNNING after startsecs; a server still importing has no port yet."""
+    daemon = fake(info("app", "app", "STOPPED"))
+    daemon.start_plans["app"] = ["STARTING", "RUNNING"] + ["RUNNING"] * 5
+    port_world.deaf = {501}
+    polls = []
+    real_infos = daemon.getAllProcessInfo
+
+    def infos():
+        polls.append(daemon.procs["app"]["statename"])
+        if polls.count("RUNNING") == 3:
+            port_world.deaf = set()  # it opens its port on the third poll after RUNNING
+        return real_infos()
+
+    daemon.getAllProcessInfo = infos
+    result = rpc.start("app", socket=SOCK, ready_port=8888)
+    assert result["app"]["new"] == {"state": "RUNNING", "pid": 501}
+    assert polls.count("RUNNING") == 3  # it did not stop at the first RUNNING
+
+
+def test_a_running_process_that_never_listens_fails_naming_the_port(rpc, fake, port_world):
+    fake(info("app", "app", "RUNNING", pid=9))
+    port_world.deaf = {9}
+    with pytest.raises(CommandExecutionError,
+                       match=r"did not reach listening on port 8888 within 0.05 s \(state RUNNING\)"):
+        rpc.start("app", timeout=0.05, socket=SOCK, ready_port=8888)
+    assert rpc.start("app", timeout=0.05, socket=SOCK)["app"]["new"]["state"] == "RUNNING"
 
 
 def test_the_current_process_and_its_children_are_not_holders(rpc, fake, port_world):
