@@ -9,6 +9,7 @@ downloaded per run, and the benchmarks can upgrade to a package of the wheelhous
 """
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -95,6 +96,19 @@ def clean(dep):
             # only what Jupyter made by itself (.ipynb_checkpoints): the next deploy would
             # refuse a root_dir it did not create, owned by the account just removed
             shutil.rmtree(root, ignore_errors=True)
+    _remove_spent_record(dep.pillar.get("state_dir"))
+
+
+def _remove_spent_record(state_dir):
+    """The formula's record keeps the notebook dirs the clean left; once those are gone
+    too (just above), nothing is left for it to guard: remove it and its dir."""
+    record = os.path.join(state_dir or "", "record.json")
+    if not state_dir or not os.path.isfile(record) or os.listdir(state_dir) != ["record.json"]:
+        return
+    with open(record, encoding="utf-8") as handle:
+        directories = json.load(handle).get("directories", [])
+    if not any(os.path.exists(d) for d in directories):
+        shutil.rmtree(state_dir)
 
 
 def _holds_files(root):
