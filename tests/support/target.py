@@ -21,6 +21,7 @@ both and asserts effects (pids, what serves, files), whichever path the formula 
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import shlex
@@ -29,30 +30,26 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
+
+import jflab.base
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_VENV = Path(os.environ.get("JUPYTER_FORMULA_VENV", REPO / ".venv"))
 REPO_IN_NODE = "/srv/jupyter-formula"
 
 
-@dataclass
-class Result:
-    rc: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self):
-        return self.rc == 0
+class Result(jflab.base.Result):
+    """The lab's Result (rc, stdout, stderr, ok), whose text keeps the last 4,000
+    characters of each stream: an apply's whole output would drown an assertion."""
 
     @property
     def returncode(self):  # subprocess.CompletedProcess's name, for older callers
         return self.rc
 
     def __str__(self):
-        return f"rc={self.rc}\n--- stdout\n{self.stdout[-4000:]}\n--- stderr\n{self.stderr[-4000:]}"
+        tail = dataclasses.replace(self, stdout=self.stdout[-4000:], stderr=self.stderr[-4000:])
+        return jflab.base.Result.__str__(tail)
 
 
 # Run on the target by tree_signature(): one line per entry, what an apply could change.
