@@ -157,14 +157,19 @@ def apply_json(dep, sls, *args):
     return elapsed, results, proc
 
 
-def noop_apply_seconds(dep, sls="jupyter"):
-    """Wall time of a state.apply that must change nothing (and fail nothing)."""
+def noop_apply(dep, sls="jupyter"):
+    """(wall time, state results) of a state.apply that must change nothing (and fail nothing)."""
     elapsed, results, proc = apply_json(dep, sls)
     bad = {ret["__id__"]: ret["comment"] for ret in results.values() if ret.get("result") is False}
     changed = [ret["__id__"] for ret in results.values() if ret.get("changes")]
     if proc.returncode or bad or changed:
         raise RuntimeError(f"state.apply {sls} on {dep.name} was not a clean no-op: failed {bad}, changed {changed}")
-    return elapsed
+    return elapsed, results
+
+
+def noop_apply_seconds(dep, sls="jupyter"):
+    """Wall time of a state.apply that must change nothing (and fail nothing)."""
+    return noop_apply(dep, sls)[0]
 
 
 def state_durations(results):
