@@ -9,7 +9,6 @@ downloaded per run, and the benchmarks can upgrade to a package of the wheelhous
 """
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -74,14 +73,22 @@ def deploy(password, wh=None):
 
 
 def clean(dep):
-    """Take a deployment of this host away (caller holds host_lock): `jupyter.clean`
-    with clean:user (the accounts the formula made), the pillar file, deploy.sh's
-    config dir and Salt's cache (Deployment.clean), then its notebook dirs when they
-    hold no file. Raises when a state of the clean failed."""
+    """Take a deployment of this host away (caller holds host_lock): its notebook dirs
+    when they hold no file, then `jupyter.clean` with clean:user (the accounts the
+    formula made), the pillar file, deploy.sh's config dir and Salt's cache
+    (Deployment.clean). Raises when a state of the clean failed."""
     try:
         roots = sorted({inst["root_dir"] for inst in dep.settings()["instances"].values()}, key=len, reverse=True)
     except Exception:  # noqa: BLE001  (not deployed far enough to say: no dir of ours to remove)
         roots = []
+    top = dep.pillar.get("root_dir")
+    for root in [*roots, top]:
+        own = top and root and root.count("/") >= 2 and (root == top or root.startswith(top.rstrip("/") + "/"))
+        if own and not _holds_files(root):
+            # only what Jupyter made by itself (.ipynb_checkpoints): the next deploy would
+            # refuse a root_dir it did not create, owned by the account about to go. Gone
+            # before the clean, so that the clean forgets them and drops its record.
+            shutil.rmtree(root, ignore_errors=True)
     try:
         bad = failed(dep.clean(user=True))
     except BaseException:
@@ -89,26 +96,6 @@ def clean(dep):
         raise
     if bad:
         raise AssertionError(f"jupyter.clean of {dep.name} failed: {bad}")
-    top = dep.pillar.get("root_dir")
-    for root in [*roots, top]:
-        own = top and root and root.count("/") >= 2 and (root == top or root.startswith(top.rstrip("/") + "/"))
-        if own and not _holds_files(root):
-            # only what Jupyter made by itself (.ipynb_checkpoints): the next deploy would
-            # refuse a root_dir it did not create, owned by the account just removed
-            shutil.rmtree(root, ignore_errors=True)
-    _remove_spent_record(dep.pillar.get("state_dir"))
-
-
-def _remove_spent_record(state_dir):
-    """The formula's record keeps the notebook dirs the clean left; once those are gone
-    too (just above), nothing is left for it to guard: remove it and its dir."""
-    record = os.path.join(state_dir or "", "record.json")
-    if not state_dir or not os.path.isfile(record) or os.listdir(state_dir) != ["record.json"]:
-        return
-    with open(record, encoding="utf-8") as handle:
-        directories = json.load(handle).get("directories", [])
-    if not any(os.path.exists(d) for d in directories):
-        shutil.rmtree(state_dir)
 
 
 def _holds_files(root):

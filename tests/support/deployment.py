@@ -357,8 +357,8 @@ class Deployment:
                 again = self.apply(sls="jupyter.clean")
                 user = self.pillar.get("user")
                 assert not failed(again), (failed(again), self.target.run(["ps", "-f", "-u", user]).stdout if user else "")
-        # the formula keeps its record of the notebook directory even once it is gone
-        # (tests/hardening/test_clean.py): the test's own state_dir goes by hand
+        # the formula keeps its record while a notebook directory it made is left (an
+        # instance's own root_dir, not removed above): the test's own state_dir goes by hand
         if notebooks and state_dir and state_dir != SHARED_DEFAULTS["state_dir"]:
             self.target.remove(state_dir)
         self.forget()
