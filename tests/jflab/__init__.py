@@ -16,7 +16,7 @@ from .base import (CACHE, CGROUP_PREFIX, NODES, PHASES, STATE, LabError, Result,
 from .cgroups import cgroup_bases, cgroup_dirs, cgroup_kill_all, cgroup_pids, launch, nspawn_common
 from .network import (BRIDGE, HOST_IP, NETWORK, PROXY_DIR, PROXY_PORT, PROXY_URL, ensure_bridge, ensure_proxy,
                       node_dir, node_ip, nodes, proxy_log, proxy_pid, remove_bridge, stop_proxy, wait_http)
-from .node import (boot, boot_many, down, leader, mounted_overlays, node_suite, put, reboot, remove, run,
+from .node import (boot, boot_many, down, leader, mounted_overlays, node_suite, put, reboot, remove, run, run_argv,
                    service_pids, shell, stop)
 from .pebble import add_dns, ensure_pebble, node_fqdn, pebble_root, remove_dns, stop_pebble
 from .rootfs import (CA_BUNDLE, DEFAULT_SUITE, NODE_PIP_CACHE, PACKAGES, SALT_EXTRAS, SALT_UNITS, SALT_VENV,

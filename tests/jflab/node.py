@@ -39,7 +39,7 @@ def mounted_overlays() -> list[str]:
     return found
 
 
-def _mount_overlay(name: str, suite: str) -> Path:
+def mount_overlay(name: str, suite: str) -> Path:
     d = node_dir(name)
     merged = d / "merged"
     if str(merged) in mounted_overlays():
@@ -51,7 +51,7 @@ def _mount_overlay(name: str, suite: str) -> Path:
     return merged
 
 
-def _unmount_overlay(name: str) -> None:
+def unmount_overlay(name: str) -> None:
     merged = str(node_dir(name) / "merged")
     for _ in range(3):
         if merged not in mounted_overlays():
@@ -123,7 +123,7 @@ def boot(name: str, ip: str | int | None = None, binds: list[str] = (), binds_ro
         ensure_bridge()
         ensure_proxy()
         if not keep:
-            _unmount_overlay(name)
+            unmount_overlay(name)
             if d.exists():
                 shutil.rmtree(d)
             with locked("addresses"):  # nodes booting in parallel get different addresses
@@ -133,7 +133,7 @@ def boot(name: str, ip: str | int | None = None, binds: list[str] = (), binds_ro
             _link_debs(apt_cache(suite), _node_archives(name))
         addr = node_ip(name)
         (d / "binds.json").write_text(json.dumps({"binds": list(binds), "binds_ro": list(binds_ro)}))
-        root = _mount_overlay(name, suite)
+        root = mount_overlay(name, suite)
         _configure_node(name, addr, root, suite)
         cmd = [*nspawn_common(name), "--boot", f"--network-bridge={BRIDGE}", f"--hostname={name}",
                "-D", str(root), "--resolv-conf=off", "--timezone=off", "--console=read-only",
@@ -200,21 +200,26 @@ def _in_node(name: str) -> list[str]:
     return ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-C", "--"]
 
 
-def run(name: str, cmd, input: str | None = None, timeout: float = 600, env: dict | None = None,
-        user: str = "root", cwd: str | None = None, check: bool = False) -> Result:
-    """Run cmd (a list, or a string for /bin/sh -c) in node NAME as a transient service.
-
-    systemd-run --wait --pipe inside the node: a clean environment and a cgroup
-    of its own.  Returns Result(rc, stdout, stderr).
-    """
-    argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+def run_argv(name: str, argv: list, env: dict | None = None, user: str = "root",
+             cwd: str | None = None) -> tuple[list[str], str]:
+    """(the host's command line that runs argv in node NAME as a transient service, the
+    service's unit name): systemd-run --wait --pipe inside the node, a clean environment
+    and a cgroup of its own."""
     unit = f"jflab-run-{uuid.uuid4().hex[:12]}"
     srun = ["/usr/bin/systemd-run", "--wait", "--pipe", "--quiet", "--collect", f"--unit={unit}",
             f"--uid={user}", "--service-type=exec"]
     if cwd:
         srun.append(f"--working-directory={cwd}")
     srun += [f"--setenv={k}={v}" for k, v in (env or {}).items()]
-    full = [*_in_node(name), *srun, "--", *argv]
+    return [*_in_node(name), *srun, "--", *[str(c) for c in argv]], unit
+
+
+def run(name: str, cmd, input: str | None = None, timeout: float = 600, env: dict | None = None,
+        user: str = "root", cwd: str | None = None, check: bool = False) -> Result:
+    """Run cmd (a list, or a string for /bin/sh -c) in node NAME (run_argv).
+    Returns Result(rc, stdout, stderr)."""
+    argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+    full, unit = run_argv(name, argv, env, user, cwd)
     try:
         proc = subprocess.run(full, input=(input or "").encode(), capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
@@ -264,7 +269,7 @@ def _poweroff(name: str, timeout: float = 60) -> None:
         reap(name)
         cgroup_remove(name)
         nspawn_leftovers(name, node_dir(name) / "merged")
-        _unmount_overlay(name)
+        unmount_overlay(name)
         _link_debs(_node_archives(name), apt_cache(node_suite(name)))
 
 
@@ -296,7 +301,7 @@ def remove(*names: str) -> None:
         stop(*names)
     finally:
         for name in names:
-            _unmount_overlay(name)
+            unmount_overlay(name)
             shutil.rmtree(node_dir(name), ignore_errors=True)
 
 

@@ -22,9 +22,10 @@ import subprocess
 import jflab
 from jflab.cgroups import cgroup_dirs, launch, launcher_died, nspawn_common
 from jflab.network import BRIDGE, NETWORK, PROXY_URL, allocate_ip
+from jflab.node import mount_overlay, unmount_overlay
 from jflab.rootfs import NODE_PIP_CACHE, install_host_settings, pip_cache
 
-from support.target import REPO_IN_NODE, NodeTarget, Result
+from support.target import NodeTarget, Result
 
 INIT = "/usr/local/sbin/jft-plain-init"
 # PID 1: network up, then reap whatever gets reparented here; SIGRTMIN+4 (what jflab
@@ -56,17 +57,6 @@ os.kill(-1, signal.SIGKILL)
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _mount_overlay(name, suite):
-    d = jflab.node_dir(name)
-    for sub in ("upper", "work", "merged"):
-        (d / sub).mkdir(parents=True, exist_ok=True)
-    merged = d / "merged"
-    if str(merged) not in jflab.mounted_overlays():
-        jflab.sh("mount", "-t", "overlay", "overlay", "-o",
-                 f"lowerdir={jflab.rootfs_path(suite)},upperdir={d / 'upper'},workdir={d / 'work'}", str(merged))
-    return merged
-
-
 def boot_plain(name, suite="bookworm", binds_ro=(), timeout=60):
     """Start node NAME without systemd (a fresh overlay). Returns its address."""
     if jflab.leader(name):
@@ -77,9 +67,7 @@ def boot_plain(name, suite="bookworm", binds_ro=(), timeout=60):
     with jflab.phase(f"boot {name} (no systemd, {suite})"):
         jflab.ensure_bridge()
         jflab.ensure_proxy()
-        merged = d / "merged"
-        if str(merged) in jflab.mounted_overlays():
-            jflab.sh("umount", str(merged))
+        unmount_overlay(name)
         shutil.rmtree(d, ignore_errors=True)
         with jflab.locked("addresses"):
             d.mkdir(parents=True)
@@ -87,7 +75,7 @@ def boot_plain(name, suite="bookworm", binds_ro=(), timeout=60):
             (d / "ip").write_text(address + "\n")
         (d / "suite").write_text(suite + "\n")
         (d / "binds.json").write_text('{"binds": [], "binds_ro": []}')
-        root = _mount_overlay(name, suite)
+        root = mount_overlay(name, suite)
         jflab.write(root / "etc/hostname", f"{name}\n")
         jflab.write(root / "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n")
         install_host_settings(root, suite, proxy=PROXY_URL)
@@ -138,13 +126,9 @@ class PlainNodeTarget(NodeTarget):
     def __init__(self, lab, name, suite):
         super().__init__(lab, name, suite)
         self.kind = "plain"
-        self.repo = REPO_IN_NODE
 
-    def run(self, cmd, input=None, timeout=600, env=None, check=False):
-        res = run(self.name, cmd, input=input, timeout=timeout, env=env)
-        if check and not res.ok:
-            raise AssertionError(f"{self.name}: {cmd} failed: {res}")
-        return res
+    def _run(self, cmd, input, timeout, env):
+        return run(self.name, cmd, input=input, timeout=timeout, env=env)
 
     def popen(self, cmd, env=None):
         return subprocess.Popen(_argv(self.name, cmd, env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -29,7 +29,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import jflab.base
@@ -278,9 +277,12 @@ class NodeTarget(Target):
         self.salt_venv = lab.SALT_VENV
         self.address = lab.node_ip(name)
 
-    def run(self, cmd, input=None, timeout=600, env=None, check=False):
+    def _run(self, cmd, input, timeout, env):
         res = self.lab.run(self.name, cmd, input=input, timeout=timeout, env=env)
-        res = Result(res.rc, res.stdout, res.stderr)
+        return Result(res.rc, res.stdout, res.stderr)
+
+    def run(self, cmd, input=None, timeout=600, env=None, check=False):
+        res = self._run(cmd, input, timeout, env)
         if check and not res.ok:
             raise AssertionError(f"{self.name}: {cmd if isinstance(cmd, str) else shlex.join(map(str, cmd))} "
                                  f"failed: {res}")
@@ -288,12 +290,7 @@ class NodeTarget(Target):
 
     def popen(self, cmd, env=None):
         """What jflab.run does, as a Popen: output arrives while the command runs."""
-        leader = self.lab.leader(self.name)
-        assert leader, f"node {self.name} is not running"
-        argv = ["nsenter", "-t", str(leader), "-m", "-u", "-i", "-n", "-p", "-C", "--",
-                "/usr/bin/systemd-run", "--wait", "--pipe", "--quiet", "--collect",
-                f"--unit=jft-run-{uuid.uuid4().hex[:12]}", "--uid=root", "--service-type=exec",
-                *[f"--setenv={k}={v}" for k, v in (env or {}).items()], "--", *[str(c) for c in cmd]]
+        argv, _ = self.lab.run_argv(self.name, cmd, env)
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, bufsize=1, errors="replace")
 
