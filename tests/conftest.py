@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from support.figures import FIGURES
-from support.fixtures import NODE_SUITES, generate_targets, lab, target, wheelhouse  # noqa: F401 - fixtures
+from support.fixtures import NODE_SUITES, generate_targets, lab, target, target_of, wheelhouse  # noqa: F401 - fixtures
 
 TARGET_ORDER = ["host", *NODE_SUITES, "plain"]
 
@@ -35,8 +35,7 @@ def pytest_generate_tests(metafunc):
 
 
 def _target_rank(item):
-    callspec = getattr(item, "callspec", None)
-    kind = callspec.params.get("target") if callspec else None
+    kind = target_of(item)
     return (0, 0) if kind is None else (1, TARGET_ORDER.index(kind) if kind in TARGET_ORDER else len(TARGET_ORDER))
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from support.deployment import Deployment, failed, own_pillar
 from support.figures import Section
+from support.fixtures import target_of
 from support.target import HOST
 
 FIRST = "e2e-first-Quartz-71-lantern"
@@ -26,11 +27,6 @@ def pytest_collection_modifyitems(items):
 _LIVE = {}  # this host's e2e Deployment while it is deployed
 
 
-def _target_of(item):
-    callspec = getattr(item, "callspec", None)
-    return callspec.params.get("target") if callspec else None
-
-
 def _remove(dep):
     cleaned = dep.clean(user=True, notebooks=True)
     assert not failed(cleaned), failed(cleaned)
@@ -42,9 +38,9 @@ def pytest_runtest_teardown(item, nextitem):
     not at the end of the session: the hardening faults that run next on this host kill
     its supervisord and nginx, which would leave this deployment's Jupyter orphaned (the
     next apply of the deployment would heal it; its removal cannot)."""
-    if _target_of(item) != "host" or "host" not in _LIVE:
+    if target_of(item) != "host" or "host" not in _LIVE:
         return
-    if nextitem is not None and "/tests/e2e/" in str(nextitem.path) and _target_of(nextitem) == "host":
+    if nextitem is not None and "/tests/e2e/" in str(nextitem.path) and target_of(nextitem) == "host":
         return
     _remove(_LIVE.pop("host"))
 

@@ -47,6 +47,12 @@ def configured_targets():
     return wanted
 
 
+def target_of(item):
+    """The target a collected test runs on ("host", a suite, "plain"), or None."""
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("target") if callspec else None
+
+
 def _allowed(kind, allowed):
     if kind in NODE_SUITES:
         return "nodes" in allowed or kind in allowed
